@@ -1,0 +1,205 @@
+#include "server.h"
+
+#include "error.h"
+#include "response.h"
+#include "router.h"
+
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+/* Uploads (images, backups) stream into a temp file under $FERRY_DIR so large bodies never sit in memory. */
+typedef struct {
+    char *path;
+    int fd;
+    gboolean failed;
+} Upload;
+
+static void upload_free(gpointer data)
+{
+    Upload *upload = data;
+    if (upload->fd >= 0)
+        close(upload->fd);
+    if (upload->path != NULL)
+        g_unlink(upload->path);
+    g_free(upload->path);
+    g_free(upload);
+}
+
+static void on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_data)
+{
+    Upload *upload = user_data;
+    gsize size = 0;
+    const guint8 *data = g_bytes_get_data(chunk, &size);
+    while (size > 0 && !upload->failed) {
+        ssize_t written = write(upload->fd, data, size);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written <= 0) {
+            upload->failed = TRUE;
+            break;
+        }
+        data += written;
+        size -= (gsize)written;
+    }
+}
+
+static void on_got_headers(SoupServerMessage *msg, gpointer user_data)
+{
+    FerryDaemon *daemon = user_data;
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+    const char *content_type = soup_message_headers_get_content_type(headers, NULL);
+    const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
+    if (!ferry_router_is_upload(soup_server_message_get_method(msg), path, content_type))
+        return;
+    g_autofree char *dir = g_build_filename(daemon->dir, "uploads", NULL);
+    g_mkdir_with_parents(dir, 0700);
+    Upload *upload = g_new0(Upload, 1);
+    upload->path = g_build_filename(dir, "upload-XXXXXX", NULL);
+    upload->fd = g_mkstemp_full(upload->path, O_RDWR | O_CLOEXEC, 0600);
+    if (upload->fd < 0) {
+        g_clear_pointer(&upload->path, g_free);
+        upload->failed = TRUE;
+    }
+    g_object_set_data_full(G_OBJECT(msg), "ferry-upload", upload, upload_free);
+    soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
+    g_signal_connect(msg, "got-chunk", G_CALLBACK(on_got_chunk), upload);
+}
+
+static gboolean accept_any_client_certificate(SoupServerMessage *msg, GTlsCertificate *certificate,
+                                              GTlsCertificateFlags errors, gpointer user_data)
+{
+    /* Clients present self-signed certificates; whether one is trusted is decided per request against the
+     * trust store (ferry_trust_check_client), exactly as Incus does. */
+    return TRUE;
+}
+
+static void on_request_started(SoupServer *server, SoupServerMessage *msg, gpointer user_data)
+{
+    g_signal_connect(msg, "accept-certificate", G_CALLBACK(accept_any_client_certificate), NULL);
+    g_signal_connect(msg, "got-headers", G_CALLBACK(on_got_headers), user_data);
+}
+
+static void handle_request(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+                           gpointer user_data)
+{
+    FerryDaemon *daemon = user_data;
+    gboolean via_unix_socket = server == daemon->unix_server;
+    Upload *upload = g_object_get_data(G_OBJECT(msg), "ferry-upload");
+    if (upload != NULL && upload->failed) {
+        ferry_response_send_error(msg, 500, "Failed to store the uploaded data");
+        return;
+    }
+    ferry_router_dispatch(daemon, msg, via_unix_socket, upload != NULL ? upload->path : NULL);
+}
+
+static SoupServer *server_new(FerryDaemon *daemon, GTlsCertificate *certificate)
+{
+    SoupServer *server =
+        certificate != NULL
+            ? soup_server_new("server-header", "ferry", "tls-certificate", certificate, "tls-auth-mode",
+                              G_TLS_AUTHENTICATION_REQUESTED, NULL)
+            : soup_server_new("server-header", "ferry", NULL);
+    g_signal_connect(server, "request-started", G_CALLBACK(on_request_started), daemon);
+    soup_server_add_handler(server, NULL, handle_request, daemon, NULL);
+    return server;
+}
+
+SoupServer *ferry_server_new_unix(FerryDaemon *daemon, const char *socket_path, GError **error)
+{
+    g_autoptr(GSocket) socket = g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, 0, error);
+    if (socket == NULL)
+        return NULL;
+    g_unlink(socket_path);
+    g_autoptr(GSocketAddress) address = g_unix_socket_address_new(socket_path);
+    /* Create it root-only from the start: no window where others could connect. */
+    mode_t old_umask = umask(0077);
+    gboolean bound = g_socket_bind(socket, address, TRUE, error);
+    umask(old_umask);
+    if (!bound || !g_socket_listen(socket, error)) {
+        g_prefix_error(error, "Failed to listen on %s: ", socket_path);
+        return NULL;
+    }
+    g_chmod(socket_path, 0660);
+    SoupServer *server = server_new(daemon, NULL);
+    if (!soup_server_listen_socket(server, socket, 0, error)) {
+        g_object_unref(server);
+        return NULL;
+    }
+    return server;
+}
+
+static GSocketAddress *parse_listen_address(const char *address, GError **error)
+{
+    g_autofree char *host = NULL;
+    guint16 port = 8443;
+    if (address[0] == ':') {
+        host = g_strdup("::");
+        port = (guint16)atoi(address + 1);
+    } else {
+        g_autoptr(GSocketConnectable) parsed = g_network_address_parse(address, 8443, error);
+        if (parsed == NULL)
+            return NULL;
+        host = g_strdup(g_network_address_get_hostname(G_NETWORK_ADDRESS(parsed)));
+        port = g_network_address_get_port(G_NETWORK_ADDRESS(parsed));
+    }
+    GSocketAddress *socket_address = g_inet_socket_address_new_from_string(host, port);
+    if (socket_address == NULL)
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid listen address \"%s\": expected IP:port (a literal IP address)", address);
+    return socket_address;
+}
+
+SoupServer *ferry_server_new_https(FerryDaemon *daemon, const char *address, GError **error)
+{
+    g_autoptr(GSocketAddress) socket_address = parse_listen_address(address, error);
+    if (socket_address == NULL)
+        return NULL;
+    SoupServer *server = server_new(daemon, daemon->server_certificate);
+    if (!soup_server_listen(server, socket_address, SOUP_SERVER_LISTEN_HTTPS, error)) {
+        g_prefix_error(error, "Failed to listen on %s: ", address);
+        g_object_unref(server);
+        return NULL;
+    }
+    return server;
+}
+
+typedef struct {
+    FerryWebsocketReadyFunc ready;
+    gpointer user_data;
+} PendingUpgrade;
+
+static void on_upgrade_written(SoupServerMessage *msg, gpointer user_data)
+{
+    PendingUpgrade *pending = user_data;
+    g_signal_handlers_disconnect_by_func(msg, on_upgrade_written, user_data);
+    /* The 101 response is out: from here the connection is ours. */
+    GIOStream *stream = soup_server_message_steal_connection(msg);
+    GUri *uri = soup_server_message_get_uri(msg);
+    SoupWebsocketConnection *connection =
+        soup_websocket_connection_new(stream, uri, SOUP_WEBSOCKET_CONNECTION_SERVER, NULL, NULL, NULL);
+    g_object_unref(stream);
+    soup_websocket_connection_set_max_incoming_payload_size(connection, 128 * 1024 * 1024);
+    pending->ready(connection, pending->user_data);
+    g_object_unref(connection);
+    g_free(pending);
+}
+
+gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
+                                       GError **error)
+{
+    if (!soup_websocket_server_check_handshake(msg, NULL, NULL, NULL, error)) {
+        g_prefix_error(error, "Bad websocket handshake: ");
+        if (*error != NULL)
+            (*error)->code = FERRY_ERROR_INVALID;
+        return FALSE;
+    }
+    soup_websocket_server_process_handshake(msg, NULL, NULL, NULL, NULL);
+    PendingUpgrade *pending = g_new0(PendingUpgrade, 1);
+    pending->ready = ready;
+    pending->user_data = user_data;
+    g_signal_connect(msg, "wrote-informational", G_CALLBACK(on_upgrade_written), pending);
+    return TRUE;
+}

@@ -1,0 +1,20 @@
+/* The HTTP side: the root-only unix socket and, when configured, HTTPS with client certificates. */
+#pragma once
+
+#include <libsoup/soup.h>
+
+#include "daemon.h"
+
+G_BEGIN_DECLS
+
+SoupServer *ferry_server_new_unix(FerryDaemon *daemon, const char *socket_path, GError **error);
+SoupServer *ferry_server_new_https(FerryDaemon *daemon, const char *address, GError **error);
+
+/* Upgrade msg to a websocket (server side) after the caller's own checks. ready runs on the main thread once
+ * the 101 response is written; it gets a borrowed connection (ref it to keep it). The handler then returns
+ * ferry_response_handled(). */
+typedef void (*FerryWebsocketReadyFunc)(SoupWebsocketConnection *connection, gpointer user_data);
+gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
+                                       GError **error);
+
+G_END_DECLS
