@@ -27,10 +27,10 @@ unit: build
 	meson test -C $(BUILD) --print-errorlogs
 
 integration: build
-	python3 -m pytest -q tests/integration
+	/usr/bin/python3 -m pytest -q tests/integration
 
 interop: build
-	python3 -m pytest -q tests/interop
+	/usr/bin/python3 -m pytest -q tests/interop
 
 check: deps
 	@bash scripts/check.sh

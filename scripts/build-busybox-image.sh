@@ -74,8 +74,10 @@ echo busybox >"$rootfs/etc/hostname"
 : >"$rootfs/etc/fstab"
 # An explicit inittab: without one busybox init spawns shells on tty1-4, which do not exist in a container.
 # No respawned getty either, so init has nothing to do but reap, and it stays up until it is signalled.
-# Halting: busybox init treats SIGUSR1 as halt and SIGUSR2 as poweroff; it runs the shutdown actions,
-# SIGTERMs then SIGKILLs everything, and calls reboot(2), which in a pid namespace ends the container.
+# Halting: busybox (1.35) init takes SIGPWR - liblxc's default lxc.signal.halt - like SIGUSR1 as "halt" (SIGUSR2:
+# poweroff). It runs the shutdown actions, SIGTERMs then SIGKILLs everything (a second apart) and calls
+# reboot(2), which in a pid namespace ends the container as halted: a clean stop takes about 2 seconds.
+# SIGTERM would be "reboot", and liblxc would start the container again.
 cat >"$rootfs/etc/inittab" <<'EOF'
 ::sysinit:/bin/mkdir -p /run /tmp /var/log
 ::shutdown:/bin/sync

@@ -28,10 +28,10 @@ meson test -C $BUILD --print-errorlogs --no-rebuild || status=1
 cp $BUILD/meson-logs/testlog.json "$RESULTS/unit.json" 2>/dev/null
 
 step "integration tests"
-python3 -m pytest -q -rs tests/integration --junitxml="$RESULTS/integration.xml" || status=1
+/usr/bin/python3 -m pytest -q -rs tests/integration --junitxml="$RESULTS/integration.xml" || status=1
 
 step "interop tests (stock Incus client and server)"
-python3 -m pytest -q -rs tests/interop --junitxml="$RESULTS/interop.xml" || status=1
+/usr/bin/python3 -m pytest -q -rs tests/interop --junitxml="$RESULTS/interop.xml" || status=1
 
 step "ASan+UBSan build"
 [ -f $BUILD_ASAN/build.ninja ] || meson setup $BUILD_ASAN -Dwerror=true -Db_sanitize=address,undefined \
@@ -44,9 +44,9 @@ step "unit tests (ASan+UBSan)"
 meson test -C $BUILD_ASAN --print-errorlogs --no-rebuild || status=1
 cp $BUILD_ASAN/meson-logs/testlog.json "$RESULTS/unit-asan.json" 2>/dev/null
 step "integration tests (ASan+UBSan)"
-FERRY_BUILD_DIR=$ROOT/$BUILD_ASAN FERRY_SANITIZED=1 python3 -m pytest -q -rs tests/integration \
+FERRY_BUILD_DIR=$ROOT/$BUILD_ASAN FERRY_SANITIZED=1 /usr/bin/python3 -m pytest -q -rs tests/integration \
   --junitxml="$RESULTS/integration-asan.xml" || status=1
 
 step "summary"
-python3 scripts/summarize-tests.py "$RESULTS" || status=1
+/usr/bin/python3 scripts/summarize-tests.py "$RESULTS" || status=1
 exit $status

@@ -6,6 +6,7 @@
 #include "yaml.h"
 
 #include <errno.h>
+#include <glib/gstdio.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -369,4 +370,78 @@ gboolean cli_print_yaml(json_t *value, GError **error)
         return FALSE;
     fputs(text, stdout);
     return TRUE;
+}
+
+json_t *cli_writable(json_t *object, const char *const *keys)
+{
+    json_t *copy = json_object();
+    for (const char *const *key = keys; *key != NULL; key++) {
+        json_t *value = json_object_get(object, *key);
+        if (value != NULL)
+            json_object_set(copy, *key, value);
+    }
+    return copy;
+}
+
+/* Run $VISUAL/$EDITOR (else vi) on a temporary file holding text; the edited text. */
+static char *run_editor(const char *text, GError **error)
+{
+    g_autofree char *path = NULL;
+    int fd = g_file_open_tmp("ferry_editor_XXXXXX.yaml", &path, error);
+    if (fd < 0)
+        return NULL;
+    close(fd);
+    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_NONE, 0600, error))
+        return NULL;
+    const char *editor = g_getenv("VISUAL");
+    if (editor == NULL || *editor == '\0')
+        editor = g_getenv("EDITOR");
+    if (editor == NULL || *editor == '\0')
+        editor = "vi";
+    /* $EDITOR may carry arguments ("code --wait"): split it as a shell would, but run no shell. */
+    g_auto(GStrv) words = NULL;
+    if (!g_shell_parse_argv(editor, NULL, &words, error))
+        return NULL;
+    g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
+    g_strv_builder_addv(builder, (const char **)words);
+    g_strv_builder_add(builder, path);
+    g_auto(GStrv) argv = g_strv_builder_end(builder);
+    int status = 0;
+    gboolean ran = g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_CHILD_INHERITS_STDIN, NULL, NULL,
+                                NULL, NULL, &status, error);
+    char *edited = NULL;
+    if (ran && g_spawn_check_wait_status(status, error))
+        g_file_get_contents(path, &edited, NULL, error);
+    g_unlink(path);
+    return edited;
+}
+
+json_t *cli_edit_yaml(json_t *current, const char *header, GError **error)
+{
+    if (!cli_stdin_is_terminal()) {
+        g_autofree char *text = cli_read_stdin(error);
+        if (text == NULL)
+            return NULL;
+        return ferry_yaml_parse(text, strlen(text), error);
+    }
+    g_autofree char *yaml = ferry_yaml_emit(current, error);
+    if (yaml == NULL)
+        return NULL;
+    g_autofree char *text = g_strdup_printf("%s\n\n%s", header, yaml);
+    for (;;) {
+        g_autofree char *edited = run_editor(text, error);
+        if (edited == NULL)
+            return NULL;
+        g_autoptr(GError) parse_error = NULL;
+        json_t *parsed = ferry_yaml_parse(edited, strlen(edited), &parse_error);
+        if (parsed != NULL)
+            return parsed;
+        fprintf(stderr, "Config parsing error: %s\n", parse_error->message);
+        if (!cli_ask_bool("Press enter to open the editor again or ctrl+c to abort change ", TRUE)) {
+            g_propagate_error(error, g_steal_pointer(&parse_error));
+            return NULL;
+        }
+        g_free(text);
+        text = g_steal_pointer(&edited);
+    }
 }

@@ -82,6 +82,20 @@ gboolean cli_stdin_is_terminal(void);
 gboolean cli_stdout_is_terminal(void);
 /* Print a JSON value as YAML on stdout. */
 gboolean cli_print_yaml(json_t *value, GError **error);
+/* A new object with the members of object named in keys (the writable part of a resource for a PUT). */
+json_t *cli_writable(json_t *object, const char *const *keys);
+/* The YAML a user edits: read from stdin when it is not a terminal, else through $EDITOR on current. */
+json_t *cli_edit_yaml(json_t *current, const char *header, GError **error);
+/* Device subcommands shared by "config device" (instances) and "profile device" (profiles): action is
+ * add/remove/list/show/get/set/unset/override; path is the resource; args[first] is the first word after
+ * the resource name. */
+int cli_device_action(Cli *cli, FerryClient *client, const char *action, const char *path, gboolean profile,
+                      GPtrArray *args, guint first, GError **error);
+
+/* Writable members of the resources. */
+extern const char *const cli_instance_writable[];
+extern const char *const cli_profile_writable[];
+
 /* Ask a yes/no question on the terminal. */
 gboolean cli_ask_bool(const char *question, gboolean fallback);
 

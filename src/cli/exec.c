@@ -203,6 +203,12 @@ static SoupWebsocketConnection *connect_fd(ExecSession *session, const char *ope
     return ws;
 }
 
+static gboolean set_flag(gpointer user_data)
+{
+    *(gboolean *)user_data = TRUE;
+    return G_SOURCE_REMOVE;
+}
+
 typedef struct {
     gboolean saved;
     struct termios state;
@@ -325,6 +331,9 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     }
 
+    /* Follow the operation from now on: a failed command's exit status is only in its last event. */
+    g_autoptr(FerryOperationWatch) watch = ferry_client_watch_operation(client, operation, NULL, NULL, TRUE);
+
     ExecSession session = { 0 };
     session.client = client;
     session.interactive = interactive;
@@ -375,8 +384,22 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         if (interactive)
             send_window_size(&session);
 
-        while (session.open_outputs > 0)
+        /* Until the server has closed the output streams; should it not after the command ended, give up
+         * waiting for them a few seconds later. */
+        gboolean gave_up = FALSE;
+        GSource *timer = NULL;
+        while (session.open_outputs > 0 && !gave_up) {
+            if (timer == NULL && ferry_operation_watch_is_done(watch)) {
+                timer = g_timeout_source_new_seconds(5);
+                g_source_set_callback(timer, set_flag, &gave_up, NULL);
+                g_source_attach(timer, context);
+            }
             g_main_context_iteration(context, TRUE);
+        }
+        if (timer != NULL) {
+            g_source_destroy(timer);
+            g_source_unref(timer);
+        }
 
         unwatch_signals(&session);
         stop_stdin(&session);
@@ -389,7 +412,7 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
 
     g_autoptr(json_t) final = NULL;
     g_autoptr(GError) wait_error = NULL;
-    gboolean ok = ferry_client_wait_operation_full(client, operation, NULL, NULL, &final, &wait_error);
+    gboolean ok = ferry_operation_watch_finish(watch, &final, &wait_error);
     json_t *ret = json_object_get(json_object_get(final, "metadata"), "return");
     if (!ok) {
         if (json_is_integer(ret)) {

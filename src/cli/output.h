@@ -10,6 +10,13 @@ G_BEGIN_DECLS
 /* Rows are GStrv (one string per column; a cell may have several lines). */
 GPtrArray *cli_rows_new(void);
 void cli_rows_add(GPtrArray *rows, ...) G_GNUC_NULL_TERMINATED;
+/* Add a string to a row and free it (GLib 2.74 has no g_strv_builder_take). */
+static inline void cli_row_take(GStrvBuilder *row, char *cell)
+{
+    g_strv_builder_add(row, cell);
+    g_free(cell);
+}
+
 /* Sort rows by their columns, left to right (Incus sorts every list this way). */
 void cli_rows_sort(GPtrArray *rows);
 

@@ -114,28 +114,25 @@ json_t *ferry_snapshot_render(FerryDaemon *daemon, const char *project, const ch
     g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_SNAPSHOT, project, instance, snapshot, error);
     if (doc == NULL)
         return NULL;
-    g_autoptr(json_t) expanded_config = NULL;
-    g_autoptr(json_t) expanded_devices = NULL;
-    /* A snapshot keeps its own copy of the profiles' values as they were; missing profiles expand to nothing. */
-    if (!ferry_config_expand(daemon->db, project, json_array(), json_object_get(doc, "expanded_config"),
-                             json_object_get(doc, "expanded_devices"), &expanded_config, &expanded_devices, NULL)) {
-        expanded_config = json_object();
-        expanded_devices = json_object();
-    }
     g_autofree char *created = ferry_json_timestamp(
         ferry_db_created_at(daemon->db, FERRY_KIND_SNAPSHOT, project, instance, snapshot));
-    g_autofree char *created_override = g_strdup(ferry_json_get_string(doc, "created_at"));
-    json_t *snap = json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:b, s:b, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "name",
-                             snapshot, "architecture", json_object_get(doc, "architecture") ?: json_string("x86_64"),
-                             "config", json_object_get(doc, "config") ?: json_object(), "devices",
-                             json_object_get(doc, "devices") ?: json_object(), "profiles",
-                             json_object_get(doc, "profiles") ?: json_array(), "expanded_config", expanded_config,
-                             "ephemeral", FALSE, "stateful", ferry_json_get_bool(doc, "stateful", FALSE),
-                             "created_at", created_override != NULL ? created_override : created, "last_used_at",
-                             FERRY_JSON_ZERO_TIME, "expires_at", FERRY_JSON_ZERO_TIME, "description",
-                             ferry_json_get_string(doc, "description") ?: "", "type", "container", "location",
-                             "none", "size", (json_int_t)-1);
-    json_object_set(snap, "expanded_devices", expanded_devices);
+    json_t *snap = json_object();
+    json_object_set_new(snap, "name", json_string(snapshot));
+    json_object_set_new(snap, "architecture", json_string(ferry_json_get_string(doc, "architecture") ?: "x86_64"));
+    /* A snapshot keeps the values its profiles had when it was taken. */
+    static const char *const copied[] = {"config", "devices", "expanded_config", "expanded_devices"};
+    for (gsize i = 0; i < G_N_ELEMENTS(copied); i++)
+        json_object_set_new(snap, copied[i], ferry_json_object_or_empty(doc, copied[i]));
+    json_object_set_new(snap, "profiles", ferry_json_array_or_empty(doc, "profiles"));
+    json_object_set_new(snap, "ephemeral", json_false());
+    json_object_set_new(snap, "stateful", json_boolean(ferry_json_get_bool(doc, "stateful", FALSE)));
+    json_object_set_new(snap, "created_at", json_string(ferry_json_get_string(doc, "created_at") ?: created));
+    json_object_set_new(snap, "last_used_at", json_string(FERRY_JSON_ZERO_TIME));
+    json_object_set_new(snap, "expires_at", json_string(ferry_json_get_string(doc, "expires_at") ?: FERRY_JSON_ZERO_TIME));
+    json_object_set_new(snap, "description", json_string(ferry_json_get_string(doc, "description") ?: ""));
+    json_object_set_new(snap, "type", json_string("container"));
+    json_object_set_new(snap, "location", json_string("none"));
+    json_object_set_new(snap, "size", json_integer(-1));
     return snap;
 }
 
@@ -157,15 +154,17 @@ json_t *ferry_instance_render_state(FerryDaemon *daemon, const char *project, co
     FerryPool *pool = stored_pool(daemon, project, doc, NULL);
     if (pool != NULL)
         ferry_pool_volume_usage(pool, FERRY_VOLUME_CONTAINER, lxc_name, &disk_usage, NULL);
-    return json_pack("{s:s, s:i, s:{s:{s:I, s:I}}, s:{s:I, s:I, s:I, s:I}, s:{s:I}, s:{s:{s:{}, s:[], s:{}, "
-                     "s:s, s:s, s:i, s:s, s:s}}, s:I, s:I}",
-                     "status", status, "status_code", code, "disk", "root", "usage", (json_int_t)disk_usage, "total",
+    gboolean active = code == 103 || code == 110;
+    /* Containers here have no network device: only their loopback, shown as Incus shows it. */
+    json_t *network = json_pack("{s:{s:{}, s:[], s:s, s:s, s:i, s:s, s:s}}", "lo", "counters", "addresses",
+                                "host_name", "", "hwaddr", "", "mtu", 65536, "state", active ? "up" : "down", "type",
+                                "loopback");
+    return json_pack("{s:s, s:i, s:{s:{s:I, s:I}}, s:{s:I, s:I, s:I, s:I}, s:{s:I}, s:o, s:I, s:I}", "status",
+                     status, "status_code", code, "disk", "root", "usage", (json_int_t)disk_usage, "total",
                      (json_int_t)0, "memory", "usage", (json_int_t)usage.memory_usage, "usage_peak",
                      (json_int_t)MAX(usage.memory_peak, 0), "swap_usage", (json_int_t)0, "swap_usage_peak",
-                     (json_int_t)0, "cpu", "usage", (json_int_t)usage.cpu_usage_ns, "network", "lo", "counters",
-                     "addresses", "host_name", "", "hwaddr", "", "mtu", 65536, "state", code == 103 ? "up" : "down",
-                     "type", "loopback", "pid", (json_int_t)(code == 103 || code == 110 ? pid : 0), "processes",
-                     (json_int_t)(code == 103 ? usage.processes : 0));
+                     (json_int_t)0, "cpu", "usage", (json_int_t)usage.cpu_usage_ns, "network", network, "pid",
+                     (json_int_t)(active ? pid : 0), "processes", (json_int_t)(code == 103 ? usage.processes : 0));
 }
 
 json_t *ferry_instance_render(FerryDaemon *daemon, const char *project, const char *name, int recursion,
@@ -190,15 +189,25 @@ json_t *ferry_instance_render(FerryDaemon *daemon, const char *project, const ch
     g_autofree char *created =
         ferry_json_timestamp(ferry_db_created_at(daemon->db, FERRY_KIND_INSTANCE, project, "", name));
     g_autofree char *last_used = g_strdup(ferry_json_get_string(doc, "last_used_at"));
-    json_t *instance = json_pack(
-        "{s:s, s:s, s:O, s:O, s:O, s:b, s:b, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:O, s:O}", "name", name,
-        "architecture", ferry_json_get_string(doc, "architecture") ?: "x86_64", "config",
-        json_object_get(doc, "config"), "devices", json_object_get(doc, "devices"), "profiles",
-        json_object_get(doc, "profiles"), "ephemeral", ferry_json_get_bool(doc, "ephemeral", FALSE), "stateful",
-        FALSE, "description", ferry_json_get_string(doc, "description") ?: "", "created_at", created,
-        "status", status, "status_code", code, "last_used_at", last_used != NULL ? last_used : FERRY_JSON_ZERO_TIME,
-        "location", "none", "type", "container", "project", project, "expanded_config", expanded_config,
-        "expanded_devices", expanded_devices);
+    json_t *instance = json_object();
+    json_object_set_new(instance, "name", json_string(name));
+    json_object_set_new(instance, "architecture",
+                        json_string(ferry_json_get_string(doc, "architecture") ?: "x86_64"));
+    json_object_set(instance, "config", json_object_get(doc, "config"));
+    json_object_set(instance, "devices", json_object_get(doc, "devices"));
+    json_object_set(instance, "profiles", json_object_get(doc, "profiles"));
+    json_object_set_new(instance, "ephemeral", json_boolean(ferry_json_get_bool(doc, "ephemeral", FALSE)));
+    json_object_set_new(instance, "stateful", json_false());
+    json_object_set_new(instance, "description", json_string(ferry_json_get_string(doc, "description") ?: ""));
+    json_object_set_new(instance, "created_at", json_string(created));
+    json_object_set_new(instance, "status", json_string(status));
+    json_object_set_new(instance, "status_code", json_integer(code));
+    json_object_set_new(instance, "last_used_at", json_string(last_used != NULL ? last_used : FERRY_JSON_ZERO_TIME));
+    json_object_set_new(instance, "location", json_string("none"));
+    json_object_set_new(instance, "type", json_string("container"));
+    json_object_set_new(instance, "project", json_string(project));
+    json_object_set(instance, "expanded_config", expanded_config);
+    json_object_set(instance, "expanded_devices", expanded_devices);
     if (recursion >= 2) {
         json_t *state = ferry_instance_render_state(daemon, project, name, NULL);
         json_object_set_new(instance, "state", state != NULL ? state : json_null());

@@ -385,7 +385,7 @@ gboolean ferry_progress_from_operation(const json_t *operation, FerryProgress *p
     return FALSE;
 }
 
-typedef struct {
+struct _FerryOperationWatch {
     FerryClient *client;
     char *operation_id;
     FerryProgressFunc progress;
@@ -393,96 +393,138 @@ typedef struct {
     GCancellable *cancellable;
     SoupWebsocketConnection *events;
     gboolean events_pending;
-} EventFollower;
+    json_t *last_seen;   /* the operation as the last event showed it */
+    SoupMessage *wait_msg;
+    GCancellable *wait_cancellable;
+    SendState wait;
+};
+
+static gboolean operation_ended(json_t *operation)
+{
+    json_int_t status = json_integer_value(json_object_get(operation, "status_code"));
+    return status == 200 || status >= 400;
+}
 
 static void on_event_message(SoupWebsocketConnection *ws, gint type, GBytes *message, gpointer user_data)
 {
-    EventFollower *follower = user_data;
+    FerryOperationWatch *watch = user_data;
     gsize length = 0;
     const char *data = g_bytes_get_data(message, &length);
     g_autoptr(json_t) event = ferry_json_parse(data, length, NULL);
     if (event == NULL || g_strcmp0(ferry_json_get_string(event, "type"), "operation") != 0)
         return;
     json_t *operation = json_object_get(event, "metadata");
-    if (g_strcmp0(ferry_json_get_string(operation, "id"), follower->operation_id) != 0)
+    if (g_strcmp0(ferry_json_get_string(operation, "id"), watch->operation_id) != 0)
         return;
+    if (watch->last_seen != NULL)
+        json_decref(watch->last_seen);
+    watch->last_seen = json_incref(operation);
     FerryProgress progress;
-    if (ferry_progress_from_operation(operation, &progress))
-        follower->progress(&progress, follower->user_data);
+    if (watch->progress != NULL && ferry_progress_from_operation(operation, &progress))
+        watch->progress(&progress, watch->user_data);
 }
 
 static void on_events_connected(GObject *source, GAsyncResult *result, gpointer user_data)
 {
-    EventFollower *follower = user_data;
-    /* Progress is a nicety: a server without an events endpoint still completes the wait. */
+    FerryOperationWatch *watch = user_data;
+    /* Events are a nicety (progress, the final metadata of a failed operation): a server without them
+     * still completes the wait. */
     SoupWebsocketConnection *ws = soup_session_websocket_connect_finish(SOUP_SESSION(source), result, NULL);
-    follower->events_pending = FALSE;
+    watch->events_pending = FALSE;
     if (ws == NULL)
         return;
     soup_websocket_connection_set_max_incoming_payload_size(ws, WEBSOCKET_MAX_PAYLOAD);
-    g_signal_connect(ws, "message", G_CALLBACK(on_event_message), follower);
-    follower->events = ws;
+    g_signal_connect(ws, "message", G_CALLBACK(on_event_message), watch);
+    watch->events = ws;
 }
 
-static void follower_start(EventFollower *follower)
+static void watch_stop_events(FerryOperationWatch *watch)
 {
-    FerryClient *client = follower->client;
-    g_autoptr(SoupMessage) msg = new_message(client, "GET", "/1.0/events?type=operation", NULL);
-    if (msg == NULL)
-        return;
-    follower->cancellable = g_cancellable_new();
-    follower->events_pending = TRUE;
-    soup_session_websocket_connect_async(client->session, msg, NULL, NULL, G_PRIORITY_DEFAULT,
-                                         follower->cancellable, on_events_connected, follower);
-}
-
-static void follower_stop(EventFollower *follower)
-{
-    FerryClient *client = follower->client;
-    if (follower->cancellable != NULL)
-        g_cancellable_cancel(follower->cancellable);
-    while (follower->events_pending)
+    FerryClient *client = watch->client;
+    if (watch->cancellable != NULL)
+        g_cancellable_cancel(watch->cancellable);
+    while (watch->events_pending)
         g_main_context_iteration(client->context, TRUE);
-    if (follower->events != NULL) {
-        g_signal_handlers_disconnect_by_data(follower->events, follower);
-        if (soup_websocket_connection_get_state(follower->events) == SOUP_WEBSOCKET_STATE_OPEN)
-            soup_websocket_connection_close(follower->events, SOUP_WEBSOCKET_CLOSE_NORMAL, NULL);
-        g_clear_object(&follower->events);
+    if (watch->events != NULL) {
+        g_signal_handlers_disconnect_by_data(watch->events, watch);
+        if (soup_websocket_connection_get_state(watch->events) == SOUP_WEBSOCKET_STATE_OPEN)
+            soup_websocket_connection_close(watch->events, SOUP_WEBSOCKET_CLOSE_NORMAL, NULL);
+        g_clear_object(&watch->events);
     }
-    g_clear_object(&follower->cancellable);
+    g_clear_object(&watch->cancellable);
 }
 
-gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation, FerryProgressFunc progress,
-                                          gpointer user_data, json_t **operation_out, GError **error)
+FerryOperationWatch *ferry_client_watch_operation(FerryClient *client, const char *operation,
+                                                  FerryProgressFunc progress, gpointer user_data,
+                                                  gboolean follow_events)
 {
-    g_autofree char *id = ferry_operation_id(operation);
-    g_autofree char *path = ferry_api_path("operations", id, "wait", NULL);
+    FerryOperationWatch *watch = g_new0(FerryOperationWatch, 1);
+    watch->client = client;
+    watch->operation_id = ferry_operation_id(operation);
+    watch->progress = progress;
+    watch->user_data = user_data;
+
+    g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
+    if (follow_events || progress != NULL) {
+        g_autoptr(SoupMessage) events_msg = new_message(client, "GET", "/1.0/events?type=operation", NULL);
+        if (events_msg != NULL) {
+            watch->cancellable = g_cancellable_new();
+            watch->events_pending = TRUE;
+            soup_session_websocket_connect_async(client->session, events_msg, NULL, NULL, G_PRIORITY_DEFAULT,
+                                                 watch->cancellable, on_events_connected, watch);
+        }
+    }
+    g_autofree char *path = ferry_api_path("operations", watch->operation_id, "wait", NULL);
     g_autofree char *wait_path = g_strconcat(path, "?timeout=-1", NULL);
-    EventFollower follower = { client, id, progress, user_data, NULL, NULL, FALSE };
+    watch->wait_msg = new_message(client, "GET", wait_path, &watch->wait.error);
+    watch->wait_cancellable = g_cancellable_new();
+    if (watch->wait_msg != NULL)
+        soup_session_send_and_read_async(client->session, watch->wait_msg, G_PRIORITY_DEFAULT,
+                                         watch->wait_cancellable, on_send_done, &watch->wait);
+    else
+        watch->wait.done = TRUE;
+    return watch;
+}
 
-    g_autoptr(SoupMessage) msg = new_message(client, "GET", wait_path, error);
-    if (msg == NULL)
-        return FALSE;
+gboolean ferry_operation_watch_is_done(FerryOperationWatch *watch)
+{
+    return watch->wait.done;
+}
 
-    SendState state = { 0 };
-    {
-        g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
-        if (progress != NULL)
-            follower_start(&follower);
-        soup_session_send_and_read_async(client->session, msg, G_PRIORITY_DEFAULT, NULL, on_send_done, &state);
-        while (!state.done)
-            g_main_context_iteration(client->context, TRUE);
-        follower_stop(&follower);
-    }
-    if (state.error != NULL) {
-        set_transport_error(client, state.error, error);
-        g_error_free(state.error);
+gboolean ferry_operation_watch_finish(FerryOperationWatch *watch, json_t **operation_out, GError **error)
+{
+    FerryClient *client = watch->client;
+    g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
+    while (!watch->wait.done)
+        g_main_context_iteration(client->context, TRUE);
+
+    if (watch->wait.error != NULL) {
+        if (watch->wait_msg != NULL)
+            set_transport_error(client, watch->wait.error, error);
+        else
+            g_propagate_error(error, g_steal_pointer(&watch->wait.error));
+        g_clear_error(&watch->wait.error);
+        watch_stop_events(watch);
         return FALSE;
     }
-    g_autoptr(GBytes) body = state.body;
-    g_autoptr(FerryResponse) response = parse_response(client, msg, body, error);
-    if (response == NULL)
+    g_autoptr(GBytes) body = g_steal_pointer(&watch->wait.body);
+    g_autoptr(GError) wait_error = NULL;
+    g_autoptr(FerryResponse) response = parse_response(client, watch->wait_msg, body, &wait_error);
+
+    if (response == NULL) {
+        /* Incus answers the wait of a failed operation with an error envelope, without the operation: its
+         * final state (exec's exit status...) is only in the last event, which may trail the answer. */
+        gint64 deadline = g_get_monotonic_time() + G_USEC_PER_SEC / 2;
+        while (watch->events != NULL && (watch->last_seen == NULL || !operation_ended(watch->last_seen)) &&
+               g_get_monotonic_time() < deadline)
+            g_main_context_iteration(client->context, FALSE);
+        watch_stop_events(watch);
+        if (operation_out != NULL && watch->last_seen != NULL && operation_ended(watch->last_seen))
+            *operation_out = json_incref(watch->last_seen);
+        g_propagate_error(error, g_steal_pointer(&wait_error));
         return FALSE;
+    }
+    watch_stop_events(watch);
 
     json_t *op = response->metadata;
     if (operation_out != NULL)
@@ -502,11 +544,43 @@ gboolean ferry_client_wait_operation_full(FerryClient *client, const char *opera
     return TRUE;
 }
 
+void ferry_operation_watch_free(FerryOperationWatch *watch)
+{
+    if (watch == NULL)
+        return;
+    {
+        g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(watch->client->context);
+        watch_stop_events(watch);
+        if (!watch->wait.done) {
+            g_cancellable_cancel(watch->wait_cancellable);
+            while (!watch->wait.done)
+                g_main_context_iteration(watch->client->context, TRUE);
+        }
+    }
+    g_clear_error(&watch->wait.error);
+    g_clear_pointer(&watch->wait.body, g_bytes_unref);
+    g_clear_object(&watch->wait_msg);
+    g_clear_object(&watch->wait_cancellable);
+    if (watch->last_seen != NULL)
+        json_decref(watch->last_seen);
+    g_free(watch->operation_id);
+    g_free(watch);
+}
+
+gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation, FerryProgressFunc progress,
+                                          gpointer user_data, json_t **operation_out, GError **error)
+{
+    g_autoptr(FerryOperationWatch) watch =
+        ferry_client_watch_operation(client, operation, progress, user_data, operation_out != NULL);
+    return ferry_operation_watch_finish(watch, operation_out, error);
+}
+
 json_t *ferry_client_wait_operation(FerryClient *client, const char *operation, FerryProgressFunc progress,
                                     gpointer user_data, GError **error)
 {
+    g_autoptr(FerryOperationWatch) watch = ferry_client_watch_operation(client, operation, progress, user_data, FALSE);
     json_t *op = NULL;
-    if (!ferry_client_wait_operation_full(client, operation, progress, user_data, &op, error)) {
+    if (!ferry_operation_watch_finish(watch, &op, error)) {
         if (op != NULL)
             json_decref(op);
         return NULL;

@@ -98,6 +98,20 @@ json_t *ferry_client_wait_operation(FerryClient *client, const char *operation, 
 gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation, FerryProgressFunc progress,
                                           gpointer user_data, json_t **operation_out, GError **error);
 
+/* Following an operation without blocking: the wait request (and, with progress or follow_events, the
+ * events websocket) start at once and make headway whenever the client's context runs. Start one before
+ * doing the operation's work (exec's websockets) so that its last event, the only place where a failed
+ * operation's metadata shows with Incus, is not missed. */
+typedef struct _FerryOperationWatch FerryOperationWatch;
+FerryOperationWatch *ferry_client_watch_operation(FerryClient *client, const char *operation,
+                                                  FerryProgressFunc progress, gpointer user_data,
+                                                  gboolean follow_events);
+gboolean ferry_operation_watch_is_done(FerryOperationWatch *watch);
+/* Run the context until the operation ends; results as ferry_client_wait_operation_full. */
+gboolean ferry_operation_watch_finish(FerryOperationWatch *watch, json_t **operation_out, GError **error);
+void ferry_operation_watch_free(FerryOperationWatch *watch);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryOperationWatch, ferry_operation_watch_free)
+
 /* A request whose answer may be an operation: sync → its metadata; async → the final operation
  * (after waiting, with progress). */
 json_t *ferry_client_run(FerryClient *client, const char *method, const char *path, json_t *body,

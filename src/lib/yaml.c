@@ -3,8 +3,10 @@
 #include "error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FERRY_YAML_WANT_LIBYAML
 #include <yaml.h> /* libyaml, through include_next in our yaml.h */
@@ -394,16 +396,31 @@ json_t *ferry_yaml_parse(const char *text, gsize length, GError **error)
 
 json_t *ferry_yaml_parse_file(const char *path, GError **error)
 {
-    g_autofree char *contents = NULL;
-    gsize length = 0;
-    g_autoptr(GError) local_error = NULL;
-    if (!g_file_get_contents(path, &contents, &length, &local_error)) {
-        int code = g_error_matches(local_error, G_FILE_ERROR, G_FILE_ERROR_NOENT) ? FERRY_ERROR_NOT_FOUND
-                                                                                  : FERRY_ERROR_INTERNAL;
-        g_set_error(error, FERRY_ERROR, code, "%s", local_error->message);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "File \"%s\" not found", path);
+        else
+            ferry_set_error_errno(error, errno, "Failed to open \"%s\"", path);
         return NULL;
     }
-    json_t *value = ferry_yaml_parse(contents, length, error);
+    g_autoptr(GByteArray) contents = g_byte_array_new();
+    guint8 buffer[16384];
+    for (;;) {
+        ssize_t n = read(fd, buffer, sizeof(buffer));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            ferry_set_error_errno(error, errno, "Failed to read \"%s\"", path);
+            close(fd);
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        g_byte_array_append(contents, buffer, n);
+    }
+    close(fd);
+    json_t *value = ferry_yaml_parse((const char *)contents->data, contents->len, error);
     if (value == NULL)
         g_prefix_error(error, "Failed to parse \"%s\": ", path);
     return value;

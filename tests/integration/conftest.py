@@ -3,6 +3,7 @@
 Each `server` is a ferryd with its own FERRY_DIR under a temp dir, reached over its unix socket
 (`server.api(...)`) or through the real `ferry` CLI (`server.ferry(...)`)."""
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.environ.get("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
 FERRYD = os.path.join(BUILD, "src", "daemon", "ferryd")
 FERRY = os.path.join(BUILD, "src", "cli", "ferry")
+
+
+SERVER_NUMBERS = itertools.count()
 
 
 def require_root():
@@ -281,8 +285,9 @@ def server_factory(workdir, request):
     started = []
 
     def make(name=None):
-        name = name or f"s{len(started)}-{request.node.name[:40]}"
-        srv = Server(workdir, name.replace("[", "_").replace("]", "_"))
+        # Unique per server: parametrized tests share a name prefix.
+        name = f"{name or 's'}{next(SERVER_NUMBERS)}-{request.node.originalname[:30]}"
+        srv = Server(workdir, name)
         started.append(srv)
         return srv.start()
 

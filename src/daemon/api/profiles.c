@@ -55,8 +55,9 @@ static json_t *profile_render(FerryDaemon *daemon, const char *project, const ch
         return NULL;
     const char *description = ferry_json_get_string(doc, "description");
     return json_pack("{s:s, s:s, s:o, s:o, s:o, s:s}", "name", name, "description",
-                     description != NULL ? description : "", "config", ferry_json_object_or_empty(doc, "config"),
-                     "devices", ferry_json_object_or_empty(doc, "devices"), "used_by",
+                     description != NULL ? description : "", "config",
+                     ferry_json_object_or_empty(doc, "config"), "devices",
+                     ferry_json_object_or_empty(doc, "devices"), "used_by",
                      profile_used_by(daemon, project, name), "project", project);
 }
 
@@ -91,15 +92,16 @@ static gboolean check_body(json_t *body, GError **error)
     json_t *device;
     json_object_foreach(devices, device_name, device) {
         if (!json_is_object(device)) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Device \"%s\" must be an object", device_name);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Device \"%s\" must be an object",
+                        device_name);
             return FALSE;
         }
         const char *key;
         json_t *value;
         json_object_foreach(device, key, value) {
             if (!json_is_string(value)) {
-                g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Value of \"devices.%s.%s\" must be a string",
-                            device_name, key);
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                            "Value of \"devices.%s.%s\" must be a string", device_name, key);
                 return FALSE;
             }
         }
@@ -121,15 +123,16 @@ static gboolean validate_content(json_t *config, json_t *devices, GError **error
     return ferry_config_validate(config, TRUE, FALSE, error) && ferry_devices_validate(devices, TRUE, error);
 }
 
-/* After a change to a profile (already written in the current transaction): every instance using it must still
- * expand to a valid configuration with a root disk on an existing pool. */
+/* After a change to a profile (already written in the current transaction): every instance using it must
+ * still expand to a valid configuration with a root disk on an existing pool. */
 static gboolean check_instances(FerryDaemon *daemon, const char *project, const char *profile, GError **error)
 {
     g_autoptr(GPtrArray) instances = ferry_db_instances_using_profile(daemon->db, project, profile);
     for (guint i = 0; i < instances->len; i++) {
         const char *instance = instances->pdata[i];
         g_autoptr(GError) local_error = NULL;
-        g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, project, "", instance, &local_error);
+        g_autoptr(json_t) doc =
+            ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, project, "", instance, &local_error);
         g_autoptr(json_t) expanded_config = NULL;
         g_autoptr(json_t) expanded_devices = NULL;
         const char *root_name = NULL;
@@ -142,15 +145,22 @@ static gboolean check_instances(FerryDaemon *daemon, const char *project, const 
                       ferry_devices_validate(expanded_devices, FALSE, &local_error) &&
                       ferry_devices_find_root(expanded_devices, &root_name, &root, &local_error);
         if (ok) {
+            /* The instance's volume stays where it is: the root disk cannot move pools under it. */
             const char *pool = ferry_json_get_string(root, "pool");
+            const char *current_pool = ferry_json_get_string(doc, "pool");
             if (pool != NULL && !ferry_db_exists(daemon->db, FERRY_KIND_POOL, "", "", pool)) {
-                g_set_error(&local_error, FERRY_ERROR, FERRY_ERROR_INVALID, "Storage pool \"%s\" not found", pool);
+                g_set_error(&local_error, FERRY_ERROR, FERRY_ERROR_INVALID, "Storage pool \"%s\" not found",
+                            pool);
+                ok = FALSE;
+            } else if (current_pool != NULL && g_strcmp0(pool, current_pool) != 0) {
+                g_set_error(&local_error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                            "Cannot update root disk device pool name to \"%s\"", pool != NULL ? pool : "");
                 ok = FALSE;
             }
         }
         if (!ok) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid profile for instance \"%s\": %s", instance,
-                        local_error != NULL ? local_error->message : "unknown error");
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid profile for instance \"%s\": %s",
+                        instance, local_error != NULL ? local_error->message : "unknown error");
             return FALSE;
         }
     }
@@ -193,8 +203,8 @@ static gboolean rewrite_documents(FerryDb *db, FerryKind kind, const char *proje
 }
 
 /* Instances, their snapshots and images list profiles by name. */
-static gboolean rewrite_profile_references(FerryDb *db, const char *project, const char *name, const char *new_name,
-                                           GError **error)
+static gboolean rewrite_profile_references(FerryDb *db, const char *project, const char *name,
+                                           const char *new_name, GError **error)
 {
     if (!rewrite_documents(db, FERRY_KIND_INSTANCE, project, "", name, new_name, error) ||
         !rewrite_documents(db, FERRY_KIND_IMAGE, project, "", name, new_name, error))
@@ -250,8 +260,9 @@ FerryResponse *api_profiles_post(FerryRequest *request)
     if (!validate_content(config, devices, &error))
         return ferry_response_error(error);
     const char *description = ferry_json_get_string(request->body, "description");
-    g_autoptr(json_t) doc = json_pack("{s:s, s:O, s:O}", "description", description != NULL ? description : "",
-                                      "config", config, "devices", devices);
+    g_autoptr(json_t) doc =
+        json_pack("{s:s, s:O, s:O}", "description", description != NULL ? description : "", "config", config,
+                  "devices", devices);
     if (!ferry_db_create(daemon->db, FERRY_KIND_PROFILE, project, "", name, doc, &error))
         return ferry_response_error(error);
 
@@ -265,7 +276,8 @@ FerryResponse *api_profile_get(FerryRequest *request)
     GError *error = NULL;
     if (!ferry_project_check_exists(request->daemon, request->project, &error))
         return ferry_response_error(error);
-    json_t *profile = profile_render(request->daemon, request->project, ferry_request_param(request, "name"), &error);
+    json_t *profile =
+        profile_render(request->daemon, request->project, ferry_request_param(request, "name"), &error);
     if (profile == NULL)
         return ferry_response_error(error);
     g_autoptr(json_t) etag_source = profile_etag_source(profile);
@@ -312,8 +324,9 @@ static FerryResponse *profile_update(FerryRequest *request, gboolean patch)
     if (!validate_content(config, devices, &error))
         return ferry_response_error(error);
 
-    g_autoptr(json_t) doc = json_pack("{s:s, s:O, s:O}", "description", description != NULL ? description : "",
-                                      "config", config, "devices", devices);
+    g_autoptr(json_t) doc =
+        json_pack("{s:s, s:O, s:O}", "description", description != NULL ? description : "", "config", config,
+                  "devices", devices);
     ferry_db_begin(daemon->db);
     if (!ferry_db_update(daemon->db, FERRY_KIND_PROFILE, project, "", name, doc, &error) ||
         !check_instances(daemon, project, name, &error)) {

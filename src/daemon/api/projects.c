@@ -1,6 +1,6 @@
-/* /1.0/projects: Incus projects. ferry keeps profiles, images and instances per project (every project has its
- * own "default" profile whatever its features say), so a project's features are recorded for clients but do
- * not change where things live. */
+/* /1.0/projects: Incus projects. ferry keeps profiles, images and instances per project (every project has
+ * its own "default" profile whatever its features say), so a project's features are recorded for clients but
+ * do not change where things live. */
 #include "api.h"
 #include "projects.h"
 
@@ -14,8 +14,8 @@
 #include <string.h>
 
 /* Features a new project gets unless the request says otherwise (as Incus's defaults). */
-static const char *const default_features[] = {"features.images", "features.profiles", "features.storage.volumes",
-                                               NULL};
+static const char *const default_features[] = {"features.images", "features.profiles",
+                                               "features.storage.volumes", NULL};
 static const char *const feature_keys[] = {"features.images", "features.profiles", "features.storage.volumes",
                                            "features.networks", NULL};
 
@@ -23,7 +23,8 @@ gboolean ferry_project_check_exists(FerryDaemon *daemon, const char *project, GE
 {
     if (project != NULL && ferry_db_exists(daemon->db, FERRY_KIND_PROJECT, "", "", project))
         return TRUE;
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Project \"%s\" not found", project != NULL ? project : "");
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Project \"%s\" not found",
+                project != NULL ? project : "");
     return FALSE;
 }
 
@@ -95,8 +96,9 @@ static json_t *project_render(FerryDaemon *daemon, const char *name, GError **er
     if (doc == NULL)
         return NULL;
     const char *description = ferry_json_get_string(doc, "description");
-    return json_pack("{s:s, s:s, s:o, s:o}", "name", name, "description", description != NULL ? description : "",
-                     "config", ferry_json_object_or_empty(doc, "config"), "used_by", project_used_by(daemon, name));
+    return json_pack("{s:s, s:s, s:o, s:o}", "name", name, "description",
+                     description != NULL ? description : "", "config",
+                     ferry_json_object_or_empty(doc, "config"), "used_by", project_used_by(daemon, name));
 }
 
 static json_t *project_etag_source(json_t *project)
@@ -166,8 +168,8 @@ static gboolean validate_config_entry(const char *key, const char *value, GError
         return FALSE;
     }
     if (problem != NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid project configuration key \"%s\" value: %s \"%s\"",
-                    key, problem, value);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid project configuration key \"%s\" value: %s \"%s\"", key, problem, value);
         return FALSE;
     }
     return TRUE;
@@ -265,7 +267,8 @@ FerryResponse *api_projects_post(FerryRequest *request)
     g_autoptr(json_t) doc =
         json_pack("{s:s, s:O}", "description", description != NULL ? description : "", "config", config);
     g_autofree char *profile_description = g_strdup_printf("Default ferry profile for project %s", name);
-    g_autoptr(json_t) profile = json_pack("{s:s, s:{}, s:{}}", "description", profile_description, "config", "devices");
+    g_autoptr(json_t) profile =
+        json_pack("{s:s, s:{}, s:{}}", "description", profile_description, "config", "devices");
 
     ferry_db_begin(daemon->db);
     if (!ferry_db_create(daemon->db, FERRY_KIND_PROJECT, "", "", name, doc, &error) ||
@@ -340,9 +343,9 @@ static FerryResponse *project_update(FerryRequest *request, gboolean patch)
             return ferry_response_error_new(400, "You can't change the features of the default project");
         if (!project_is_empty(daemon, name)) {
             const char *feature = changed->pdata[0];
-            return ferry_response_error_new(400, "Project feature \"%s\" cannot be %s on non-empty projects", feature,
-                                            value_is_true(ferry_json_get_string(old_config, feature)) ? "disabled"
-                                                                                                     : "enabled");
+            return ferry_response_error_new(
+                400, "Project feature \"%s\" cannot be %s on non-empty projects", feature,
+                value_is_true(ferry_json_get_string(old_config, feature)) ? "disabled" : "enabled");
         }
     }
     if (!validate_config(config, &error))
@@ -380,7 +383,8 @@ static gboolean check_rename(FerryDaemon *daemon, const char *name, const char *
     if (!validate_project_name(new_name, error))
         return FALSE;
     if (ferry_db_exists(daemon->db, FERRY_KIND_PROJECT, "", "", new_name)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "A project named \"%s\" already exists", new_name);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "A project named \"%s\" already exists",
+                    new_name);
         return FALSE;
     }
     if (!project_is_empty(daemon, name)) {
@@ -452,8 +456,8 @@ FerryResponse *api_project_post(FerryRequest *request)
     RenameData *rename = g_new0(RenameData, 1);
     rename->name = g_strdup(name);
     rename->new_name = g_strdup(new_name);
-    g_autoptr(FerryOperation) op = ferry_operation_new(daemon, FERRY_OPERATION_TASK, NULL, "Renaming project", NULL,
-                                                       NULL, run_rename, rename, rename_data_free);
+    g_autoptr(FerryOperation) op = ferry_operation_new(daemon, FERRY_OPERATION_TASK, NULL, "Renaming project",
+                                                       NULL, NULL, run_rename, rename, rename_data_free);
     ferry_operation_start(op);
     return ferry_response_async(op);
 }

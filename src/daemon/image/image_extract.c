@@ -97,7 +97,7 @@ static int open_beneath(int dirfd, const char *path, int flags)
     if (*path == '\0')
         return fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
     struct open_how how = {
-        .flags = flags | O_CLOEXEC | O_NOFOLLOW,
+        .flags = flags | O_CLOEXEC, /* not O_NOFOLLOW: it would turn a final symlink into ENOTDIR, not ELOOP */
         .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     };
     int fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
@@ -656,7 +656,7 @@ gboolean image_extractor_write(ImageExtractor *extractor, struct archive_entry *
         }
         break;
     case AE_IFLNK:
-        if (symlinkat(archive_entry_symlink(entry), parent_fd, leaf) < 0) {
+        if (symlinkat(info->symlink, parent_fd, leaf) < 0) {
             set_extract_error(error, errno, info->path, "symlink");
             goto out;
         }

@@ -54,6 +54,23 @@ static la_ssize_t read_callback(struct archive *archive, void *data, const void 
     return n;
 }
 
+static gboolean set_archive_error(ImageReader *reader, GError **error)
+{
+    if (reader->read_error != NULL) {
+        g_propagate_error(error, g_steal_pointer(&reader->read_error));
+        return FALSE;
+    }
+    const char *message = archive_error_string(reader->archive);
+    if (message == NULL)
+        message = "unknown error";
+    if (!reader->seen_header && archive_errno(reader->archive) == ARCHIVE_ERRNO_FILE_FORMAT)
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image file is not a tarball");
+    else
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball is corrupt or truncated: %s",
+                    message);
+    return FALSE;
+}
+
 ImageReader *image_reader_open(const char *path, gboolean hash, GCancellable *cancellable, GError **error)
 {
     g_autoptr(ImageReader) reader = g_new0(ImageReader, 1);
@@ -89,13 +106,9 @@ ImageReader *image_reader_open(const char *path, gboolean hash, GCancellable *ca
     archive_read_support_filter_lzma(reader->archive);
     archive_read_support_filter_zstd(reader->archive);
     archive_read_support_filter_lz4(reader->archive);
+    /* Opening already decompresses the first block: a broken stream can fail here. */
     if (archive_read_open(reader->archive, reader, NULL, read_callback, NULL) != ARCHIVE_OK) {
-        if (reader->read_error != NULL) {
-            g_propagate_error(error, g_steal_pointer(&reader->read_error));
-            return NULL;
-        }
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image file is not a tarball: %s",
-                    archive_error_string(reader->archive));
+        set_archive_error(reader, error);
         return NULL;
     }
     return g_steal_pointer(&reader);
@@ -115,23 +128,6 @@ void image_reader_free(ImageReader *reader)
     g_clear_error(&reader->read_error);
     g_free(reader->buffer);
     g_free(reader);
-}
-
-static gboolean set_archive_error(ImageReader *reader, GError **error)
-{
-    if (reader->read_error != NULL) {
-        g_propagate_error(error, g_steal_pointer(&reader->read_error));
-        return FALSE;
-    }
-    const char *message = archive_error_string(reader->archive);
-    if (message == NULL)
-        message = "unknown error";
-    if (!reader->seen_header && archive_errno(reader->archive) == ARCHIVE_ERRNO_FILE_FORMAT)
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image file is not a tarball");
-    else
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball is corrupt or truncated: %s",
-                    message);
-    return FALSE;
 }
 
 gboolean image_reader_next(ImageReader *reader, struct archive_entry **entry, GError **error)
@@ -249,6 +245,7 @@ void image_entry_info_clear(ImageEntryInfo *info)
 {
     g_clear_pointer(&info->path, g_free);
     g_clear_pointer(&info->hardlink, g_free);
+    g_clear_pointer(&info->symlink, g_free);
 }
 
 static char *normalise_path(const char *raw, GError **error)
@@ -352,7 +349,10 @@ static gboolean check_type(const ImageEntryInfo *info, GError **error)
 gboolean image_entry_describe(struct archive_entry *entry, ImageEntryInfo *info, GError **error)
 {
     memset(info, 0, sizeof(*info));
+    /* The bytes as stored: in the C locale libarchive keeps undecodable UTF-8 names raw (with a warning). */
     const char *raw = archive_entry_pathname(entry);
+    if (raw == NULL)
+        raw = archive_entry_pathname_utf8(entry);
     if (raw == NULL) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball has an entry without a valid name");
         return FALSE;
@@ -364,6 +364,8 @@ gboolean image_entry_describe(struct archive_entry *entry, ImageEntryInfo *info,
     info->type = archive_entry_filetype(entry);
 
     const char *hardlink = archive_entry_hardlink(entry);
+    if (hardlink == NULL)
+        hardlink = archive_entry_hardlink_utf8(entry);
     if (hardlink != NULL) {
         info->type = 0;
         info->hardlink = normalise_path(hardlink, error);
@@ -380,11 +382,14 @@ gboolean image_entry_describe(struct archive_entry *entry, ImageEntryInfo *info,
         }
     } else if (info->type == AE_IFLNK) {
         const char *target = archive_entry_symlink(entry);
+        if (target == NULL)
+            target = archive_entry_symlink_utf8(entry);
         if (target == NULL || *target == '\0' || strlen(target) >= PATH_MAX) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                         "Invalid image tarball: symbolic link \"%s\" has an invalid target", raw);
             return FALSE;
         }
+        info->symlink = g_strdup(target);
     }
     return check_type(info, error);
 }

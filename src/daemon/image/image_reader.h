@@ -49,6 +49,7 @@ typedef struct {
     ImageSection section;
     gboolean section_root; /* the entry is "rootfs" or "templates" itself */
     char *hardlink;       /* normalised target of a hard link, else NULL */
+    char *symlink;        /* target of a symbolic link as stored (never followed), else NULL */
     mode_t type;          /* AE_IFREG, AE_IFDIR... (0 for hard links) */
 } ImageEntryInfo;
 

@@ -140,7 +140,8 @@ static gboolean write_xattr(const ShiftWalk *walk, const char *rel, const char *
 
 static gboolean shift_acl(const ShiftWalk *walk, const char *rel, GByteArray *acl, GError **error)
 {
-    if (acl->len < 4 || (acl->len - 4) % 8 != 0 || GUINT32_FROM_LE(*(guint32 *)acl->data) != ACL_XATTR_VERSION) {
+    if (acl->len < 4 || (acl->len - 4) % 8 != 0 ||
+        GUINT32_FROM_LE(*(guint32 *)acl->data) != ACL_XATTR_VERSION) {
         g_autofree char *path = display_path(walk, rel);
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsupported POSIX ACL on \"%s\"", path);
         return FALSE;
@@ -297,8 +298,8 @@ static gboolean shift_inode(ShiftWalk *walk, int fd, const struct statx *stx, co
         return FALSE;
     if ((stx->stx_mode & (S_ISUID | S_ISGID)) != 0) {
         struct stat now;
-        if (fstat(fd, &now) < 0 ||
-            ((now.st_mode & 07777) != (stx->stx_mode & 07777) && chmod(proc_path, stx->stx_mode & 07777) < 0)) {
+        if (fstat(fd, &now) < 0 || ((now.st_mode & 07777) != (stx->stx_mode & 07777) &&
+                                    chmod(proc_path, stx->stx_mode & 07777) < 0)) {
             g_autofree char *path = display_path(walk, rel);
             ferry_set_error_errno(error, errno, "Failed to restore the mode of \"%s\"", path);
             return FALSE;
@@ -375,8 +376,8 @@ static gboolean walk_tree(ShiftWalk *walk, GError **error)
         if (++walk->visited % 256 == 0 && g_cancellable_set_error_if_cancelled(walk->cancellable, error))
             return FALSE;
 
-        g_autofree char *rel = top->path[0] == '\0' ? g_strdup(entry->d_name)
-                                                    : g_strconcat(top->path, "/", entry->d_name, NULL);
+        g_autofree char *rel =
+            top->path[0] == '\0' ? g_strdup(entry->d_name) : g_strconcat(top->path, "/", entry->d_name, NULL);
         g_auto(ShiftFd) fd = openat(dirfd(top->dir), entry->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) {
             if (errno == ENOENT)
@@ -477,9 +478,8 @@ gboolean ferry_idmap_from_json(const char *json, FerryIdmap *map_out, gboolean *
         ok = TRUE;
         goto out;
     }
-    size_t index;
-    json_t *entry;
-    json_array_foreach(root, index, entry) {
+    for (size_t index = 0; index < json_array_size(root); index++) {
+        json_t *entry = json_array_get(root, index);
         int is_uid = 0, is_gid = 0;
         json_int_t host_id = 0, ns_id = 0, range = 0;
         if (json_unpack_ex(entry, &json_error, JSON_STRICT, "{s?b, s?b, s:I, s:I, s:I}", "Isuid", &is_uid,

@@ -31,8 +31,8 @@ static const char seccomp_policy[] = "2\n"
 /* The devices a container may use (Incus's list): mknod of anything (useless without access), the pty and
  * the standard character devices, fuse and tun. */
 static const char *const allowed_devices[] = {
-    "b *:* m",   "c *:* m",   "c 136:* rwm", "c 1:3 rwm",    "c 1:5 rwm",     "c 1:7 rwm", "c 1:8 rwm",
-    "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm",   "c 5:2 rwm",    "c 10:229 rwm",  "c 10:200 rwm",
+    "b *:* m",   "c *:* m",   "c 136:* rwm", "c 1:3 rwm", "c 1:5 rwm",    "c 1:7 rwm",    "c 1:8 rwm",
+    "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm",   "c 5:2 rwm", "c 10:229 rwm", "c 10:200 rwm",
 };
 
 gboolean ferry_lxc_check_name(const char *lxcpath, const char *name, GError **error)
@@ -73,7 +73,8 @@ static CgroupVersion controller_version(const char *controller)
                 return CGROUP_V1;
         }
     }
-    const char *unified[] = {"/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"};
+    const char *unified[] = {"/sys/fs/cgroup/cgroup.controllers",
+                             "/sys/fs/cgroup/unified/cgroup.controllers"};
     for (gsize i = 0; i < G_N_ELEMENTS(unified); i++) {
         g_autofree char *list = NULL;
         if (!g_file_get_contents(unified[i], &list, NULL, NULL))
@@ -108,10 +109,10 @@ static gboolean check_cpuset(const char *cpuset, GError **error)
         g_auto(GStrv) bounds = g_strsplit(*part, "-", 3);
         guint n = g_strv_length(bounds);
         guint64 low = 0, high = 0;
-        gboolean ok = (n == 1 || n == 2) &&
-                      g_ascii_string_to_unsigned(bounds[0], 10, 0, CPU_SETSIZE - 1, &low, NULL) &&
-                      (n == 1 || (g_ascii_string_to_unsigned(bounds[1], 10, 0, CPU_SETSIZE - 1, &high, NULL) &&
-                                  high >= low));
+        gboolean ok =
+            (n == 1 || n == 2) && g_ascii_string_to_unsigned(bounds[0], 10, 0, CPU_SETSIZE - 1, &low, NULL) &&
+            (n == 1 ||
+             (g_ascii_string_to_unsigned(bounds[1], 10, 0, CPU_SETSIZE - 1, &high, NULL) && high >= low));
         if (!ok) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid CPU list \"%s\"", cpuset);
             return FALSE;

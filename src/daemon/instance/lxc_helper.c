@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,7 +84,7 @@ int ferry_container_forkstart_main(int argc, char **argv)
     c->want_daemonize(c, true);
     c->want_close_all_fds(c, true);
     if (!c->start(c, 0, NULL)) {
-        fprintf(stderr, "Failed to run: %s\n", log_file != NULL ? log_file : "(no log file)");
+        fprintf(stderr, "Container log: %s\n", log_file != NULL ? log_file : "(none)");
         print_log_tail(log_file, log_offset);
         return 1;
     }
@@ -113,6 +114,8 @@ static int exec_in_container(void *data)
     /* A session of its own inside the container: CRIU cannot dump a process whose session leader is outside
      * the container, and a terminal can only become the controlling terminal of a session leader. */
     setsid();
+    /* Killing the helper (even with SIGKILL, which it cannot forward) kills the command. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     sigprocmask(SIG_SETMASK, &payload->signal_mask, NULL);
     if (payload->tty && ioctl(STDIN_FILENO, TIOCSCTTY, 0) < 0)
         fprintf(stderr, "Failed to make the terminal the controlling terminal: %s\n", g_strerror(errno));

@@ -40,6 +40,90 @@ gboolean ferry_lxc_is_running(FerryLxcContainer *c)
     return state != NULL && strcmp(state, "STOPPED") != 0;
 }
 
+static gboolean is_monitor_cgroup_of(const char *entry, const char *prefix)
+{
+    if (!g_str_has_prefix(entry, prefix))
+        return FALSE;
+    const char *rest = entry + strlen(prefix);
+    if (rest[0] == '\0')
+        return TRUE;
+    /* liblxc appends -1, -2... when the plain name is taken. */
+    if (rest[0] != '-' || rest[1] == '\0')
+        return FALSE;
+    for (rest++; *rest != '\0'; rest++) {
+        if (!g_ascii_isdigit(*rest))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* liblxc 5.0.2 leaves the monitor's cgroup (lxc.monitor.<name>[-N], next to the containers' cgroups, under
+ * init's cgroup in every hierarchy) behind when a daemonized start fails: remove the empty ones, or every
+ * failed start leaks one more. rmdir refuses a cgroup that is in use, e.g. by a container of the same name
+ * under another lxcpath. */
+static void remove_leaked_monitor_cgroups(const char *name)
+{
+    g_autofree char *mountinfo = NULL, *init_cgroups = NULL;
+    if (!g_file_get_contents("/proc/self/mountinfo", &mountinfo, NULL, NULL) ||
+        !g_file_get_contents("/proc/1/cgroup", &init_cgroups, NULL, NULL))
+        return;
+    g_autofree char *prefix = g_strconcat("lxc.monitor.", name, NULL);
+    g_auto(GStrv) init_lines = g_strsplit(init_cgroups, "\n", -1);
+    g_auto(GStrv) mounts = g_strsplit(mountinfo, "\n", -1);
+    for (char **mount = mounts; *mount != NULL; mount++) {
+        /* "id parent major:minor root mountpoint options [optional...] - fstype source superoptions" */
+        g_auto(GStrv) fields = g_strsplit(*mount, " ", -1);
+        guint n = g_strv_length(fields), dash = 6;
+        while (dash < n && strcmp(fields[dash], "-") != 0)
+            dash++;
+        if (dash + 3 >= n)
+            continue;
+        const char *fstype = fields[dash + 1];
+        gboolean v2 = strcmp(fstype, "cgroup2") == 0;
+        if (!v2 && strcmp(fstype, "cgroup") != 0)
+            continue;
+        g_auto(GStrv) options = g_strsplit(fields[dash + 3], ",", -1);
+        /* Init's cgroup in this hierarchy: the /proc/1/cgroup line whose controllers it mounts. */
+        const char *init_path = NULL;
+        for (char **line = init_lines; *line != NULL && init_path == NULL; line++) {
+            g_auto(GStrv) parts = g_strsplit(*line, ":", 3);
+            if (g_strv_length(parts) != 3)
+                continue;
+            if (v2) {
+                if (strcmp(parts[0], "0") == 0)
+                    init_path = strstr(*line, "::") + 2;
+                continue;
+            }
+            if (strcmp(parts[0], "0") == 0)
+                continue;
+            g_auto(GStrv) controllers = g_strsplit(parts[1], ",", -1);
+            gboolean all = TRUE;
+            for (char **controller = controllers; *controller != NULL && all; controller++)
+                all = g_strv_contains((const char *const *)options, *controller);
+            if (all)
+                init_path = strchr(strchr(*line, ':') + 1, ':') + 1;
+        }
+        if (init_path == NULL)
+            continue;
+        /* The mount's root is a prefix of init's path when a cgroup namespace shows part of the tree. */
+        const char *mount_root = fields[3];
+        const char *relative = init_path;
+        if (strcmp(mount_root, "/") != 0 && g_str_has_prefix(init_path, mount_root))
+            relative = init_path + strlen(mount_root);
+        g_autofree char *dir_path = g_build_filename(fields[4], relative, NULL);
+        g_autoptr(GDir) dir = g_dir_open(dir_path, 0, NULL);
+        if (dir == NULL)
+            continue;
+        const char *entry;
+        while ((entry = g_dir_read_name(dir)) != NULL) {
+            if (!is_monitor_cgroup_of(entry, prefix))
+                continue;
+            g_autofree char *path = g_build_filename(dir_path, entry, NULL);
+            rmdir(path);
+        }
+    }
+}
+
 gboolean ferry_container_start(const char *lxcpath, const char *name, const char *helper_binary,
                                GError **error)
 {
@@ -64,15 +148,18 @@ gboolean ferry_container_start(const char *lxcpath, const char *name, const char
         g_prefix_error(error, "Failed to start container: ");
         return FALSE;
     }
-    g_autofree char *stderr_text = NULL;
-    if (!g_subprocess_communicate_utf8(helper, NULL, NULL, NULL, &stderr_text, error)) {
+    g_autoptr(GBytes) stderr_bytes = NULL;
+    if (!g_subprocess_communicate(helper, NULL, NULL, NULL, &stderr_bytes, error)) {
         g_prefix_error(error, "Failed to start container: ");
         return FALSE;
     }
     if (!g_subprocess_get_if_exited(helper) || g_subprocess_get_exit_status(helper) != 0) {
+        remove_leaked_monitor_cgroups(name);
+        gsize size = 0;
+        const char *data = stderr_bytes != NULL ? g_bytes_get_data(stderr_bytes, &size) : NULL;
+        g_autofree char *text = g_utf8_make_valid(data != NULL ? data : "", size);
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Failed to start container: %s",
-                    stderr_text != NULL && stderr_text[0] != '\0' ? g_strstrip(stderr_text)
-                                                                  : "the start helper failed");
+                    g_strstrip(text)[0] != '\0' ? text : "the start helper failed");
         return FALSE;
     }
     return TRUE;
@@ -104,7 +191,8 @@ gboolean ferry_container_stop(const char *lxcpath, const char *name, gboolean fo
 
     /* A frozen init cannot act on the halt signal. */
     const char *state = c->state(c);
-    if (state != NULL && (strcmp(state, "FROZEN") == 0 || strcmp(state, "FREEZING") == 0) && !c->unfreeze(c)) {
+    if (state != NULL && (strcmp(state, "FROZEN") == 0 || strcmp(state, "FREEZING") == 0) &&
+        !c->unfreeze(c)) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Failed to unfreeze container \"%s\"", name);
         return FALSE;
     }
@@ -169,7 +257,8 @@ static gboolean read_cgroup_number(FerryLxcContainer *c, const char *file, const
     return g_ascii_string_to_signed(text, 10, 0, G_MAXINT64, out, NULL);
 }
 
-gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryContainerUsage *out, GError **error)
+gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryContainerUsage *out,
+                               GError **error)
 {
     out->memory_usage = out->memory_peak = out->processes = out->cpu_usage_ns = -1;
     g_autoptr(FerryLxcContainer) c = ferry_lxc_open(lxcpath, name, error);
@@ -188,15 +277,15 @@ gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryConta
         !read_cgroup_number(c, "memory.peak", NULL, &out->memory_peak))
         out->memory_peak = -1;
     gint64 usec;
-    if (read_cgroup_number(c, "cpuacct.usage", NULL, &out->cpu_usage_ns)) {
-    } else if (read_cgroup_number(c, "cpu.stat", "usage_usec", &usec)) {
-        out->cpu_usage_ns = usec * 1000;
-    } else {
-        ok = FALSE;
+    if (!read_cgroup_number(c, "cpuacct.usage", NULL, &out->cpu_usage_ns)) {
+        if (read_cgroup_number(c, "cpu.stat", "usage_usec", &usec))
+            out->cpu_usage_ns = usec * 1000;
+        else
+            ok = FALSE;
     }
     if (!ok) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Failed to read the cgroup usage of container \"%s\"",
-                    name);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "Failed to read the cgroup usage of container \"%s\"", name);
         return FALSE;
     }
     return TRUE;
@@ -280,7 +369,8 @@ gboolean ferry_container_exec_spawn(const char *lxcpath, const char *name, const
         return FALSE;
     }
     if (interactive && (stdin_fd < 0 || !isatty(stdin_fd))) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "An interactive command needs a terminal as stdin");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "An interactive command needs a terminal as stdin");
         return FALSE;
     }
 
@@ -307,9 +397,9 @@ gboolean ferry_container_exec_spawn(const char *lxcpath, const char *name, const
     int source_fds[] = {env_fd};
     int target_fds[] = {3};
     if (!g_spawn_async_with_pipes_and_fds(NULL, (const char *const *)helper_argv->pdata, helper_envp,
-                                          G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, stdin_fd, stdout_fd, stderr_fd,
-                                          source_fds, target_fds, G_N_ELEMENTS(source_fds), pid_out, NULL, NULL,
-                                          NULL, error)) {
+                                          G_SPAWN_DO_NOT_REAP_CHILD, NULL, NULL, stdin_fd, stdout_fd,
+                                          stderr_fd, source_fds, target_fds, G_N_ELEMENTS(source_fds),
+                                          pid_out, NULL, NULL, NULL, error)) {
         g_prefix_error(error, "Failed to run the command in container \"%s\": ", name);
         return FALSE;
     }

@@ -15,11 +15,11 @@
 G_BEGIN_DECLS
 
 typedef struct {
-    const char *lxcpath;   /* $FERRY_DIR/containers; like the rootfs's, its directories must be searchable
-                            * by idmap.host_base (o+x): liblxc checks that for unprivileged containers */
-    const char *lxc_name;  /* "<project>_<instance>" */
-    const char *rootfs;    /* absolute path of the volume's rootfs directory; its parent directories must be
-                            * searchable by idmap.host_base for an unprivileged container */
+    const char *lxcpath;  /* $FERRY_DIR/containers; like the rootfs's, its directories must be searchable
+                           * by idmap.host_base (o+x): liblxc checks that for unprivileged containers */
+    const char *lxc_name; /* "<project>_<instance>" */
+    const char *rootfs;   /* absolute path of the volume's rootfs directory; its parent directories must be
+                           * searchable by idmap.host_base for an unprivileged container */
     const char *hostname;
     const char *log_file;    /* liblxc log (level INFO); its directory is created if missing */
     const char *console_log; /* container console output (lxc.console.logfile), may be NULL */
@@ -30,7 +30,9 @@ typedef struct {
     const char *cpuset;        /* NULL, or a CPU list ("0-1", "0,2"): the container's CPUs */
     gint64 cpu_count;          /* limits.cpu as a count: the first N CPUs the daemon may use; 0 = none.
                                 * Ignored when cpuset is set */
-    const char *const *environment; /* "KEY=VALUE", NULL-terminated, may be NULL: init's environment */
+    /* "KEY=VALUE", NULL-terminated, may be NULL: lxc.environment, which liblxc gives init and every exec'd
+     * command (as Incus's environment.*) */
+    const char *const *environment;
 } FerryContainerSpec;
 
 /* Writes <lxcpath>/<lxc_name>/config (and the seccomp policy next to it), replacing any previous one;
@@ -77,21 +79,24 @@ typedef struct {
 
 /* Resource usage from the container's cgroups (v1 or v2, whichever holds each controller).
  * FERRY_ERROR_CONFLICT if it is not running. */
-gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryContainerUsage *out, GError **error);
+gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryContainerUsage *out,
+                               GError **error);
 
 /* Freezes (cgroup freezer) / thaws every process of a running container; both wait until done. */
 gboolean ferry_container_freeze(const char *lxcpath, const char *name, GError **error);
 gboolean ferry_container_unfreeze(const char *lxcpath, const char *name, GError **error);
 
-/* Runs argv in the running container, as uid:gid (container ids) in cwd (NULL: "/"), with exactly the
- * environment envp (NULL: empty), by spawning `<helper_binary> forkexec <lxcpath> <name> <uid> <gid> <cwd>
- * <tty|notty> -- argv...` with stdin_fd/stdout_fd/stderr_fd as its stdio (-1: /dev/null). The environment
- * reaches the helper through an inherited memfd, never through the helper's own environment or argv.
- * The command attaches to all of the container's namespaces and its cgroup and leads a session of its own
- * inside it; when interactive, stdin_fd must be a terminal (a pty slave) and becomes its controlling terminal.
- * The helper is not reaped: *pid_out's exit status is the command's (its exit code, 128+signal if killed,
- * 127 if it was not found, 126 if it could not be executed, 255 if the helper could not attach, with the
- * reason on stderr_fd). HUP, INT, QUIT, TERM, USR1 and USR2 sent to the helper are forwarded to the command. */
+/* Runs argv in the running container, as uid:gid (container ids) in cwd (NULL: "/"), with the environment
+ * envp (NULL: empty; liblxc adds lxc.environment and container=lxc), by spawning `<helper_binary> forkexec
+ * <lxcpath> <name> <uid> <gid> <cwd> <tty|notty> -- argv...` with stdin_fd/stdout_fd/stderr_fd as its stdio
+ * (-1: /dev/null). The environment reaches the helper through an inherited memfd, never through the helper's
+ * own environment or argv. The command attaches to all of the container's namespaces and its cgroup and
+ * leads a session of its own inside it; when interactive, stdin_fd must be a terminal (a pty slave) and
+ * becomes its controlling terminal.
+ * The caller reaps *pid_out (waitpid, g_child_watch_add); its exit status is the command's: its exit code,
+ * 128+signal if killed, 127 if it was not found, 126 if it could not be executed, 255 if the helper could not
+ * attach (the reason is on stderr_fd). HUP, INT, QUIT, TERM, USR1 and USR2 sent to the helper are forwarded
+ * to the command; killing the helper with SIGKILL kills the command. */
 gboolean ferry_container_exec_spawn(const char *lxcpath, const char *name, const char *helper_binary,
                                     const char *const *argv, const char *const *envp, const char *cwd,
                                     guint32 uid, guint32 gid, int stdin_fd, int stdout_fd, int stderr_fd,

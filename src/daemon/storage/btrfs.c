@@ -3,11 +3,11 @@
  *
  * Where the filesystem comes from (config "source"):
  *   a regular file   loop file made by ferry (<disks>/<pool>.img), mounted with mount(8) -o loop: the loop
- *                    device is set up with autoclear, so unmounting detaches it and a failed mount leaves none
- *   a block device   formatted at create, mounted directly
- *   a bare word      a filesystem UUID (how Incus records block-device pools), mounted as UUID=<word>
- *   a directory      on an existing btrfs filesystem, bind-mounted at the mount path (or, when it is the mount
- *                    path itself, a subvolume there and no mount at all) */
+ *                    device is set up with autoclear, so unmounting detaches it and a failed mount leaves
+ * none a block device   formatted at create, mounted directly a bare word      a filesystem UUID (how Incus
+ * records block-device pools), mounted as UUID=<word> a directory      on an existing btrfs filesystem,
+ * bind-mounted at the mount path (or, when it is the mount path itself, a subvolume there and no mount at
+ * all) */
 #include "pool_private.h"
 
 #include "error.h"
@@ -97,7 +97,7 @@ static gboolean btrfs_mount(FerryPool *pool, GError **error)
 {
     const char *source = source_of(pool);
     if (source[0] == '\0' || strcmp(source, pool->mount_path) == 0)
-        return TRUE;  /* a subvolume at the mount path: nothing to mount */
+        return TRUE; /* a subvolume at the mount path: nothing to mount */
 
     gboolean mounted;
     if (!ferry_path_is_mountpoint(pool->mount_path, &mounted, error))
@@ -266,8 +266,8 @@ static gboolean create_directory_pool(FerryPool *pool, const char *source, GErro
         g_autofree char *parent = g_path_get_dirname(source);
         g_autofree char *base = g_path_get_basename(source);
         if (stat(parent, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Parent directory of source \"%s\" is missing",
-                        source);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Parent directory of source \"%s\" is missing", source);
             return FALSE;
         }
         if (!check_on_btrfs(parent, error))
@@ -344,7 +344,7 @@ static gboolean btrfs_destroy(FerryPool *pool, GError **error)
         close(parent_fd);
         return ok;
     }
-    return TRUE;  /* a block device or an external directory stays the user's */
+    return TRUE; /* a block device or an external directory stays the user's */
 }
 
 static gboolean btrfs_source_missing(FerryPool *pool)
@@ -352,7 +352,8 @@ static gboolean btrfs_source_missing(FerryPool *pool)
     const char *source = source_of(pool);
     if (source[0] == '\0')
         return FALSE;
-    g_autofree char *path = source[0] == '/' ? g_strdup(source) : g_strconcat("/dev/disk/by-uuid/", source, NULL);
+    g_autofree char *path =
+        source[0] == '/' ? g_strdup(source) : g_strconcat("/dev/disk/by-uuid/", source, NULL);
     struct stat st;
     return stat(path, &st) < 0 && errno == ENOENT;
 }
@@ -362,7 +363,8 @@ static gboolean btrfs_create_volume(int parent_fd, const char *name, GError **er
     g_autoptr(GError) local_error = NULL;
     if (!ferry_btrfs_subvolume_create(parent_fd, name, &local_error)) {
         if (g_error_matches(local_error, FERRY_ERROR, FERRY_ERROR_CONFLICT))
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Storage volume \"%s\" already exists", name);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Storage volume \"%s\" already exists",
+                        name);
         else
             g_propagate_error(error, g_steal_pointer(&local_error));
         return FALSE;

@@ -45,7 +45,7 @@ static gboolean check_name(const char *name, size_t max, GError **error)
 
 static void set_ioctl_error(GError **error, int errnum, const char *what, const char *name)
 {
-    int code = errnum == EEXIST ? FERRY_ERROR_CONFLICT
+    int code = errnum == EEXIST   ? FERRY_ERROR_CONFLICT
                : errnum == ENOENT ? FERRY_ERROR_NOT_FOUND
                                   : FERRY_ERROR_INTERNAL;
     g_set_error(error, FERRY_ERROR, code, "Failed to %s btrfs subvolume \"%s\": %s", what, name,
@@ -88,7 +88,7 @@ static gboolean has_nested_subvolumes(int fd)
     struct btrfs_ioctl_get_subvol_rootref_args args;
     memset(&args, 0, sizeof(args));
     if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_ROOTREF, &args) < 0)
-        return TRUE;  /* EOVERFLOW: more than fit in one answer; anything else: cannot tell */
+        return TRUE; /* EOVERFLOW: more than fit in one answer; anything else: cannot tell */
     return args.num_items > 0;
 }
 
@@ -191,7 +191,8 @@ gboolean ferry_btrfs_subvolume_delete(int parent_fd, const char *name, GError **
     int fd = ferry_open_dir_at(parent_fd, name, error);
     if (fd < 0)
         return FALSE;
-    gboolean ok = ferry_btrfs_set_readonly(fd, FALSE, error) && ferry_tree_walk(fd, delete_nested, NULL, error);
+    gboolean ok =
+        ferry_btrfs_set_readonly(fd, FALSE, error) && ferry_tree_walk(fd, delete_nested, NULL, error);
     close(fd);
     if (!ok) {
         g_prefix_error(error, "Failed to delete btrfs subvolume \"%s\": ", name);

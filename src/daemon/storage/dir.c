@@ -53,7 +53,8 @@ static gboolean dir_create(FerryPool *pool, const char *disks_dir, GError **erro
         g_hash_table_replace(pool->config, g_strdup("source"), g_strdup(pool->mount_path));
         return TRUE;
     }
-    if (!ferry_storage_check_source_location(pool, source, error) || !ferry_storage_check_empty_dir(source, error))
+    if (!ferry_storage_check_source_location(pool, source, error) ||
+        !ferry_storage_check_empty_dir(source, error))
         return FALSE;
     return dir_mount(pool, error);
 }
@@ -74,7 +75,8 @@ static gboolean dir_create_volume(int parent_fd, const char *name, GError **erro
 {
     if (mkdirat(parent_fd, name, 0711) < 0) {
         if (errno == EEXIST)
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Storage volume \"%s\" already exists", name);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Storage volume \"%s\" already exists",
+                        name);
         else
             ferry_set_error_errno(error, errno, "Failed to create storage volume \"%s\"", name);
         return FALSE;
@@ -100,8 +102,9 @@ gboolean ferry_storage_copy_tree_cp(const char *src_path, const char *dst_path, 
     return TRUE;
 }
 
-static gboolean dir_copy_tree(const char *src_path, int dst_parent_fd, const char *dst_name, const char *dst_path,
-                              gboolean readonly, GCancellable *cancellable, GError **error)
+static gboolean dir_copy_tree(const char *src_path, int dst_parent_fd, const char *dst_name,
+                              const char *dst_path, gboolean readonly, GCancellable *cancellable,
+                              GError **error)
 {
     return ferry_storage_copy_tree_cp(src_path, dst_path, cancellable, error);
 }

@@ -58,7 +58,7 @@ gboolean ferry_unmount(const char *path, GError **error)
         if (!mounted)
             return TRUE;
         if (umount2(path, UMOUNT_NOFOLLOW) == 0)
-            continue;  /* something may be stacked below: unmount until nothing is left */
+            continue; /* something may be stacked below: unmount until nothing is left */
         if (errno == EINVAL)
             return TRUE;
         if (errno != EBUSY || attempt >= 20) {
@@ -90,7 +90,7 @@ GPtrArray *ferry_loop_devices_for_file(const char *file)
         g_autofree char *attr = g_strdup_printf("/sys/block/%s/loop/backing_file", entry);
         g_autofree char *backing = NULL;
         if (!g_file_get_contents(attr, &backing, NULL, NULL))
-            continue;  /* not attached */
+            continue; /* not attached */
         g_strchomp(backing);
         /* The kernel appends " (deleted)" once the file is unlinked. */
         if (g_str_has_suffix(backing, " (deleted)"))
@@ -121,7 +121,7 @@ gboolean ferry_loop_detach_file(const char *file, GError **error)
             if (fd >= 0)
                 close(fd);
             if (saved == ENXIO)
-                continue;  /* detached meanwhile */
+                continue; /* detached meanwhile */
             ferry_set_error_errno(error, saved, "Failed to detach loop device %s", device);
             return FALSE;
         }

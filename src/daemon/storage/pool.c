@@ -21,11 +21,8 @@ typedef struct {
 
 /* Volumes readable through their own modes; snapshots and images only by root, as Incus lays them out. */
 static const BaseDir base_dirs[] = {
-    {"containers", 0711},
-    {"containers-snapshots", 0700},
-    {"images", 0700},
-    {"custom", 0711},
-    {"custom-snapshots", 0700},
+    {"containers", 0711}, {"containers-snapshots", 0700}, {"images", 0700},
+    {"custom", 0711},     {"custom-snapshots", 0700},
 };
 
 static const char *volumes_dir(FerryVolumeType type)
@@ -219,9 +216,10 @@ gboolean ferry_storage_check_source_location(FerryPool *pool, const char *source
     g_autofree char *pools_dir = g_path_get_dirname(pool->mount_path);
     g_autofree char *ferry_dir = g_path_get_dirname(pools_dir);
     if (strcmp(clean, ferry_dir) == 0 ||
-        (g_str_has_prefix(clean, ferry_dir) && clean[strlen(ferry_dir)] == '/') || strcmp(ferry_dir, "/") == 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Source path \"%s\" is within the ferry directory",
-                    source);
+        (g_str_has_prefix(clean, ferry_dir) && clean[strlen(ferry_dir)] == '/') ||
+        strcmp(ferry_dir, "/") == 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Source path \"%s\" is within the ferry directory", source);
         return FALSE;
     }
     return TRUE;
@@ -232,8 +230,8 @@ gboolean ferry_storage_check_empty_dir(const char *path, GError **error)
     g_autoptr(GError) local_error = NULL;
     g_autoptr(GDir) dir = g_dir_open(path, 0, &local_error);
     if (dir == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Source path \"%s\" is not a usable directory: %s",
-                    path, local_error->message);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Source path \"%s\" is not a usable directory: %s", path, local_error->message);
         return FALSE;
     }
     if (g_dir_read_name(dir) != NULL) {
@@ -303,8 +301,8 @@ static gboolean teardown(FerryPool *pool, GError **error)
 
 static const char *const filled_keys[] = {"source", "size", "source.wipe", "volatile.initial_source"};
 
-FerryPool *ferry_pool_create(const char *name, const char *driver, GHashTable *config, const char *storage_dir,
-                             const char *disks_dir, GError **error)
+FerryPool *ferry_pool_create(const char *name, const char *driver, GHashTable *config,
+                             const char *storage_dir, const char *disks_dir, GError **error)
 {
     if (!ferry_pool_validate_config(driver, config, error))
         return NULL;
@@ -417,7 +415,8 @@ gboolean ferry_pool_delete(FerryPool *pool, GError **error)
         GError *local_error = NULL;
         g_autofree char *volume = first_volume(pool, base_dirs[i].name, &local_error);
         if (local_error != NULL) {
-            g_propagate_prefixed_error(error, local_error, "Failed to delete storage pool \"%s\": ", pool->name);
+            g_propagate_prefixed_error(error, local_error,
+                                       "Failed to delete storage pool \"%s\": ", pool->name);
             return FALSE;
         }
         if (volume != NULL) {
@@ -498,7 +497,8 @@ char *ferry_pool_volume_path(FerryPool *pool, FerryVolumeType type, const char *
     return g_build_filename(pool->mount_path, volumes_dir(type), volume, NULL);
 }
 
-char *ferry_pool_snapshot_path(FerryPool *pool, FerryVolumeType type, const char *volume, const char *snapshot)
+char *ferry_pool_snapshot_path(FerryPool *pool, FerryVolumeType type, const char *volume,
+                               const char *snapshot)
 {
     if (snapshots_dir(type) == NULL || !is_component(volume) || !is_component(snapshot))
         return NULL;
@@ -543,7 +543,8 @@ static void set_snapshot_not_found(GError **error, const char *volume, const cha
 
 static void set_snapshot_exists(GError **error, const char *volume, const char *snapshot)
 {
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Snapshot \"%s/%s\" already exists", volume, snapshot);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Snapshot \"%s/%s\" already exists", volume,
+                snapshot);
 }
 
 gboolean ferry_pool_create_volume(FerryPool *pool, FerryVolumeType type, const char *volume, GError **error)
@@ -560,8 +561,9 @@ gboolean ferry_pool_create_volume(FerryPool *pool, FerryVolumeType type, const c
 
 /* Build dst_dir_fd/name as a copy of src_path under a staging name, then rename it into place: on any
  * failure (or cancellation) the staging entry goes and name was never touched. */
-static gboolean copy_into_place(FerryPool *pool, const char *src_path, int dst_dir_fd, const char *dst_dir_path,
-                                const char *name, gboolean readonly, GCancellable *cancellable, GError **error)
+static gboolean copy_into_place(FerryPool *pool, const char *src_path, int dst_dir_fd,
+                                const char *dst_dir_path, const char *name, gboolean readonly,
+                                GCancellable *cancellable, GError **error)
 {
     g_autofree char *staging = staging_name();
     g_autofree char *staging_path = g_build_filename(dst_dir_path, staging, NULL);
@@ -655,6 +657,8 @@ static gboolean snapshot_from(FerryPool *pool, FerryVolumeType type, const char 
     if (ok)
         ok = copy_into_place(pool, src_path, fd, dst_dir, dst_snapshot, TRUE, cancellable, error);
     close(fd);
+    if (!ok)
+        rmdir(dst_dir); /* made for this snapshot and still empty: it would read as a volume's remains */
     return ok;
 }
 
@@ -662,7 +666,8 @@ gboolean ferry_pool_copy_snapshot(FerryPool *pool, FerryVolumeType type, const c
                                   const char *snapshot, const char *dst_volume, const char *dst_snapshot,
                                   GCancellable *cancellable, GError **error)
 {
-    if (!check_snapshot(type, volume, snapshot, error) || !check_snapshot(type, dst_volume, dst_snapshot, error))
+    if (!check_snapshot(type, volume, snapshot, error) ||
+        !check_snapshot(type, dst_volume, dst_snapshot, error))
         return FALSE;
     g_autofree char *src_path = ferry_pool_snapshot_path(pool, type, volume, snapshot);
     if (!is_directory(src_path)) {
@@ -670,8 +675,8 @@ gboolean ferry_pool_copy_snapshot(FerryPool *pool, FerryVolumeType type, const c
         return FALSE;
     }
     if (!snapshot_from(pool, type, src_path, dst_volume, dst_snapshot, cancellable, error)) {
-        g_prefix_error(error, "Failed to copy snapshot \"%s/%s\" to \"%s/%s\": ", volume, snapshot, dst_volume,
-                       dst_snapshot);
+        g_prefix_error(error, "Failed to copy snapshot \"%s/%s\" to \"%s/%s\": ", volume, snapshot,
+                       dst_volume, dst_snapshot);
         return FALSE;
     }
     return TRUE;
@@ -740,7 +745,7 @@ gboolean ferry_pool_rename_volume(FerryPool *pool, FerryVolumeType type, const c
     } else if (entry_exists(snaps_fd, old_name) &&
                renameat2(snaps_fd, old_name, snaps_fd, new_name, RENAME_NOREPLACE) < 0) {
         int saved = errno;
-        renameat2(fd, new_name, fd, old_name, RENAME_NOREPLACE);  /* back to how it was */
+        renameat2(fd, new_name, fd, old_name, RENAME_NOREPLACE); /* back to how it was */
         ferry_set_error_errno(error, saved, "Failed to rename the snapshots of \"%s\" to \"%s\"", old_name,
                               new_name);
     } else {
@@ -830,8 +835,8 @@ gboolean ferry_pool_rename_snapshot(FerryPool *pool, FerryVolumeType type, const
         if (errno == EEXIST)
             set_snapshot_exists(error, volume, new_name);
         else
-            ferry_set_error_errno(error, errno, "Failed to rename snapshot \"%s/%s\" to \"%s\"", volume, old_name,
-                                  new_name);
+            ferry_set_error_errno(error, errno, "Failed to rename snapshot \"%s/%s\" to \"%s\"", volume,
+                                  old_name, new_name);
     } else {
         ok = TRUE;
     }
@@ -892,8 +897,8 @@ gboolean ferry_pool_restore_snapshot(FerryPool *pool, FerryVolumeType type, cons
 
 /* --- usage --- */
 
-gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const char *volume, guint64 *bytes_out,
-                                 GError **error)
+gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const char *volume,
+                                 guint64 *bytes_out, GError **error)
 {
     if (!check_volume(type, volume, error))
         return FALSE;

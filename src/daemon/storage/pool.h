@@ -58,10 +58,10 @@ gboolean ferry_pool_parse_size(const char *value, guint64 *bytes_out, GError **e
  *        source.wipe=true), or empty: a sparse loop file <disks_dir>/<name>.img of `size` (default 5GiB),
  *        formatted and loop-mounted (loop device with autoclear: unmounting detaches it).
  * config must own its strings (g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free)): it is filled
- * in as Incus does (source; size for loop pools, removed otherwise; volatile.initial_source) so the caller can
- * store it. On failure nothing is left behind. */
-FerryPool *ferry_pool_create(const char *name, const char *driver, GHashTable *config, const char *storage_dir,
-                             const char *disks_dir, GError **error);
+ * in as Incus does (source; size for loop pools, removed otherwise; volatile.initial_source) so the caller
+ * can store it. On failure nothing is left behind. */
+FerryPool *ferry_pool_create(const char *name, const char *driver, GHashTable *config,
+                             const char *storage_dir, const char *disks_dir, GError **error);
 
 /* A handle on an existing pool from its stored config. No side effects (no mount, no I/O). */
 FerryPool *ferry_pool_load(const char *name, const char *driver, GHashTable *config, const char *storage_dir,
@@ -93,7 +93,8 @@ GHashTable *ferry_pool_get_config(FerryPool *pool);
 
 /* Paths, whether or not the volume exists. NULL for a name that is not a single path component. */
 char *ferry_pool_volume_path(FerryPool *pool, FerryVolumeType type, const char *volume);
-char *ferry_pool_snapshot_path(FerryPool *pool, FerryVolumeType type, const char *volume, const char *snapshot);
+char *ferry_pool_snapshot_path(FerryPool *pool, FerryVolumeType type, const char *volume,
+                               const char *snapshot);
 gboolean ferry_pool_volume_exists(FerryPool *pool, FerryVolumeType type, const char *volume);
 gboolean ferry_pool_snapshot_exists(FerryPool *pool, FerryVolumeType type, const char *volume,
                                     const char *snapshot);
@@ -142,8 +143,8 @@ gboolean ferry_pool_restore_snapshot(FerryPool *pool, FerryVolumeType type, cons
 
 /* Disk blocks used by the volume (st_blocks, hard-linked files once, nested btrfs subvolumes included, other
  * mounts excluded). Extents shared with snapshots or other volumes count in full, as du counts them. */
-gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const char *volume, guint64 *bytes_out,
-                                 GError **error);
+gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const char *volume,
+                                 guint64 *bytes_out, GError **error);
 /* statvfs of the mounted pool (for a loop pool: its own filesystem). */
 gboolean ferry_pool_usage(FerryPool *pool, guint64 *used, guint64 *total, GError **error);
 

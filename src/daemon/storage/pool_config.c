@@ -78,7 +78,8 @@ gboolean ferry_config_check_bool(const char *value, GError **error)
     for (size_t i = 0; i < G_N_ELEMENTS(false_words); i++)
         if (g_ascii_strcasecmp(value, false_words[i]) == 0)
             return TRUE;
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" (expected true or false)", value);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" (expected true or false)",
+                value);
     return FALSE;
 }
 
@@ -168,7 +169,8 @@ gboolean ferry_pool_validate_config(const char *driver_name, GHashTable *config,
         if (rule == NULL)
             rule = find_rule(driver->rules, *key);
         if (rule == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid pool configuration key \"%s\"", *key);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid pool configuration key \"%s\"",
+                        *key);
             return FALSE;
         }
         const char *value = g_hash_table_lookup(config, *key);

@@ -17,7 +17,7 @@ typedef struct _FerryPoolDriver FerryPoolDriver;
 struct _FerryPool {
     char *name;
     const FerryPoolDriver *driver;
-    GHashTable *config;  /* owned copy */
+    GHashTable *config; /* owned copy */
     char *mount_path;
 };
 
@@ -25,8 +25,8 @@ struct _FerryPoolDriver {
     const char *name;
     /* Driver-only config keys; NULL-terminated. */
     const struct _FerryConfigRule *rules;
-    /* Make the backing storage (filling in pool->config) and mount it at pool->mount_path, which exists and is
-     * empty. On failure undo everything it did. */
+    /* Make the backing storage (filling in pool->config) and mount it at pool->mount_path, which exists and
+     * is empty. On failure undo everything it did. */
     gboolean (*create)(FerryPool *pool, const char *disks_dir, GError **error);
     gboolean (*mount)(FerryPool *pool, GError **error);
     gboolean (*unmount)(FerryPool *pool, GError **error);
@@ -46,7 +46,7 @@ typedef gboolean (*FerryConfigCheck)(const char *value, GError **error);
 
 typedef struct _FerryConfigRule {
     const char *key;
-    FerryConfigCheck check;  /* NULL: any value */
+    FerryConfigCheck check; /* NULL: any value */
 } FerryConfigRule;
 
 extern const FerryPoolDriver ferry_pool_driver_dir;
@@ -85,16 +85,17 @@ GPtrArray *ferry_loop_devices_for_file(const char *file);
 
 /* --- tree.c: dirfd walks that never follow symlinks nor cross mounts. --- */
 typedef enum {
-    FERRY_TREE_ENTER,  /* a directory, before its children; the callback may clear *descend */
-    FERRY_TREE_LEAVE,  /* a directory entered earlier, after its children */
-    FERRY_TREE_OTHER,  /* anything but a directory */
+    FERRY_TREE_ENTER, /* a directory, before its children; the callback may clear *descend */
+    FERRY_TREE_LEAVE, /* a directory entered earlier, after its children */
+    FERRY_TREE_OTHER, /* anything but a directory */
 } FerryTreeEvent;
 
 /* dir_fd/name is the entry, relpath its path from the walk's root. For ENTER, *descend starts TRUE when the
  * directory is on the same filesystem (a nested btrfs subvolume counts as the same) and FALSE for a mount
  * point. Returning FALSE with error set stops the walk. */
 typedef gboolean (*FerryTreeFunc)(FerryTreeEvent event, int dir_fd, const char *name, const char *relpath,
-                                  const struct stat *st, gboolean *descend, gpointer user_data, GError **error);
+                                  const struct stat *st, gboolean *descend, gpointer user_data,
+                                  GError **error);
 
 /* Walk the tree under root_fd (a directory; not itself reported). Holds two fds at any depth. */
 gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GError **error);

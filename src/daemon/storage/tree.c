@@ -17,11 +17,11 @@
 #define BTRFS_SUBVOLUME_ROOT_INO 256
 
 typedef struct {
-    GPtrArray *names;  /* entries not visited yet, read before the first visit */
+    GPtrArray *names; /* entries not visited yet, read before the first visit */
     guint next;
-    struct stat st;    /* of this directory */
-    char *name;        /* in its parent; NULL for the root */
-    char *relpath;     /* "" for the root */
+    struct stat st; /* of this directory */
+    char *name;     /* in its parent; NULL for the root */
+    char *relpath;  /* "" for the root */
 } Level;
 
 static void level_clear(Level *level)
@@ -96,8 +96,8 @@ static gboolean is_mount_root(int dir_fd, const char *name)
 
 /* Enter subdirectories of the same filesystem; on btrfs a nested subvolume has its own st_dev but is no
  * mount. Anything mounted (a different fs, or a bind mount of the same one) stays closed. */
-static gboolean default_descend(int dir_fd, const char *name, const struct stat *st, const struct stat *parent,
-                                gboolean fs_is_btrfs)
+static gboolean default_descend(int dir_fd, const char *name, const struct stat *st,
+                                const struct stat *parent, gboolean fs_is_btrfs)
 {
     if (is_mount_root(dir_fd, name))
         return FALSE;
@@ -144,7 +144,7 @@ gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GE
             struct stat st;
             if (fstatat(cur, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                 if (errno == ENOENT)
-                    continue;  /* gone since the directory was read */
+                    continue; /* gone since the directory was read */
                 set_error_at(error, errno, "stat", relpath);
                 ok = FALSE;
                 break;
@@ -171,8 +171,8 @@ gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GE
                 break;
             }
             if (child_st.st_dev != st.st_dev || child_st.st_ino != st.st_ino) {
-                g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Directory \"%s\" changed during the walk",
-                            relpath);
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                            "Directory \"%s\" changed during the walk", relpath);
                 close(child);
                 ok = FALSE;
                 break;
@@ -205,8 +205,8 @@ gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GE
             break;
         }
         if (up_st.st_dev != parent->st.st_dev || up_st.st_ino != parent->st.st_ino) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Directory \"%s\" was moved during the walk",
-                        top->relpath);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                        "Directory \"%s\" was moved during the walk", top->relpath);
             close(up);
             ok = FALSE;
             break;
@@ -214,7 +214,7 @@ gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GE
         close_fd(&cur);
         cur = up;
         Level done = *top;
-        memset(top, 0, sizeof(*top));  /* ownership moved to done; the array's clear func sees NULLs */
+        memset(top, 0, sizeof(*top)); /* ownership moved to done; the array's clear func sees NULLs */
         g_array_set_size(stack, stack->len - 1);
         ok = func(FERRY_TREE_LEAVE, cur, done.name, done.relpath, &done.st, NULL, user_data, error);
         level_clear(&done);

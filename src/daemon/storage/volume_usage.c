@@ -25,7 +25,7 @@ static gboolean inode_equal(gconstpointer a, gconstpointer b)
 }
 
 typedef struct {
-    GHashTable *seen;  /* InodeKey of files with more than one link */
+    GHashTable *seen; /* InodeKey of files with more than one link */
     guint64 bytes;
 } UsageWalk;
 

@@ -13,8 +13,7 @@ typedef struct TestTarball TestTarball;
 TestTarball *test_tarball_new(const char *path, const char *filter);
 /* A new entry with owner 0:0, mtime 1700000000; add xattrs/ACLs to it before test_tarball_add. */
 struct archive_entry *test_entry_new(const char *path, mode_t type, mode_t perm);
-/* Write (and free) entry with data (size -1: strlen). For sparse entries data covers the whole file and
- * only the sparse regions are written. */
+/* Write (and free) entry with data (size -1: strlen). For sparse entries data covers the whole file. */
 void test_tarball_add(TestTarball *tarball, struct archive_entry *entry, const char *data, gssize size);
 void test_tarball_add_file(TestTarball *tarball, const char *path, mode_t perm, const char *data);
 void test_tarball_add_dir(TestTarball *tarball, const char *path);

@@ -2,6 +2,7 @@
 #include "error.h"
 #include "yaml.h"
 
+#include <glib/gstdio.h>
 #include <string.h>
 
 static json_t *parse_ok(const char *text)
@@ -128,7 +129,7 @@ static void test_parse_errors(void)
 {
     assert_parse_error("a: b\n c: d\n", "line 2");
     assert_parse_error("a: [1, 2\n", "Invalid YAML at line");
-    assert_parse_error("key: \"unterminated\n", "Invalid YAML at line 1");
+    assert_parse_error("key: \"unterminated\n", "Invalid YAML at line 2, column 1: while scanning a quoted scalar");
     assert_parse_error("a: 1\na: 2\n", "duplicate mapping key \"a\"");
     assert_parse_error("a: 1\n---\nb: 2\n", "multiple documents");
     assert_parse_error("? [a, b]\n: c\n", "complex mapping keys");
@@ -202,6 +203,7 @@ static void test_parse_file(void)
     g_autoptr(GError) error = NULL;
     g_assert_null(ferry_yaml_parse_file("/nonexistent/ferry.yaml", &error));
     g_assert_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND);
+    g_clear_error(&error);
 
     g_autofree char *dir = g_dir_make_tmp("ferry-yaml-XXXXXX", NULL);
     g_autofree char *path = g_build_filename(dir, "f.yaml", NULL);

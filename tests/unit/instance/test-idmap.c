@@ -18,9 +18,10 @@ static void test_json_roundtrip(void)
 {
     FerryIdmap map = {.host_base = FERRY_IDMAP_DEFAULT_BASE, .range = FERRY_IDMAP_DEFAULT_RANGE};
     g_autofree char *json = ferry_idmap_to_json(&map);
-    g_assert_cmpstr(json, ==,
-                    "[{\"Isuid\":true,\"Isgid\":false,\"Hostid\":1000000,\"Nsid\":0,\"Maprange\":1000000000},"
-                    "{\"Isuid\":false,\"Isgid\":true,\"Hostid\":1000000,\"Nsid\":0,\"Maprange\":1000000000}]");
+    g_assert_cmpstr(
+        json, ==,
+        "[{\"Isuid\":true,\"Isgid\":false,\"Hostid\":1000000,\"Nsid\":0,\"Maprange\":1000000000},"
+        "{\"Isuid\":false,\"Isgid\":true,\"Hostid\":1000000,\"Nsid\":0,\"Maprange\":1000000000}]");
     FerryIdmap parsed;
     gboolean privileged = TRUE;
     g_autoptr(GError) error = NULL;
@@ -63,7 +64,8 @@ static void test_json_forms(void)
         {"{}", FERRY_ERROR_INVALID},
         {"[1]", FERRY_ERROR_INVALID},
         {"[{\"Isuid\":true,\"Hostid\":-1,\"Nsid\":0,\"Maprange\":5}]", FERRY_ERROR_INVALID},
-        {"[{\"Isuid\":true,\"Isgid\":true,\"Hostid\":4294967290,\"Nsid\":0,\"Maprange\":10}]", FERRY_ERROR_INVALID},
+        {"[{\"Isuid\":true,\"Isgid\":true,\"Hostid\":4294967290,\"Nsid\":0,\"Maprange\":10}]",
+         FERRY_ERROR_INVALID},
         {"[{\"Isuid\":true,\"Isgid\":true,\"Hostid\":1000000,\"Nsid\":0,\"Maprange\":10,\"Extra\":1}]",
          FERRY_ERROR_INVALID},
         /* Valid for Incus, not representable here. */
@@ -85,7 +87,7 @@ static void test_json_forms(void)
 /* ---- shifting a tree ---- */
 
 typedef struct {
-    char *dir;     /* holds tree/ and outside */
+    char *dir; /* holds tree/ and outside */
     char *tree;
     char *outside; /* a file a symlink in the tree points at */
 } TreeFixture;
@@ -182,9 +184,11 @@ static void tree_setup(TreeFixture *f, gconstpointer data)
     write_file(acl, 0, 0, 0640);
     g_autoptr(GBytes) acl_value = make_acl(1000, 2000);
     g_assert_cmpint(setxattr(acl, "system.posix_acl_access", g_bytes_get_data(acl_value, NULL),
-                             g_bytes_get_size(acl_value), 0), ==, 0);
+                             g_bytes_get_size(acl_value), 0),
+                    ==, 0);
     g_assert_cmpint(setxattr(dir, "system.posix_acl_default", g_bytes_get_data(acl_value, NULL),
-                             g_bytes_get_size(acl_value), 0), ==, 0);
+                             g_bytes_get_size(acl_value), 0),
+                    ==, 0);
     g_assert_cmpint(symlink(f->outside, escape), ==, 0);
     write_file(hard1, 5, 6, 0644);
     g_assert_cmpint(link(hard1, hard2), ==, 0);
@@ -255,8 +259,8 @@ static void assert_tree(TreeFixture *f, guint32 shift)
     assert_owner(acl, shift, shift);
     assert_acl_ids(acl, "system.posix_acl_access", 1000 + shift, 2000 + shift);
     assert_acl_ids(dir, "system.posix_acl_default", 1000 + shift, 2000 + shift);
-    assert_owner(escape, shift, shift);   /* the link itself... */
-    assert_owner(f->outside, 0, 0);       /* ...never what it points at */
+    assert_owner(escape, shift, shift);        /* the link itself... */
+    assert_owner(f->outside, 0, 0);            /* ...never what it points at */
     assert_owner(hard1, 5 + shift, 6 + shift); /* two links, shifted once */
     assert_owner(fifo, shift, shift);
     assert_owner(caps, shift, shift);
@@ -298,7 +302,8 @@ static void test_shift_out_of_range(TreeFixture *f, gconstpointer data)
     g_autofree char *acl = tree_path(f, "dir/acl");
     g_autoptr(GBytes) acl_value = make_acl(4294967290u, 1);
     g_assert_cmpint(setxattr(acl, "system.posix_acl_access", g_bytes_get_data(acl_value, NULL),
-                             g_bytes_get_size(acl_value), 0), ==, 0);
+                             g_bytes_get_size(acl_value), 0),
+                    ==, 0);
     g_assert_false(ferry_idmap_shift_tree(f->tree, 10, NULL, &error));
     g_assert_error(error, FERRY_ERROR, FERRY_ERROR_INVALID);
     g_autofree char *plain = tree_path(f, "plain");

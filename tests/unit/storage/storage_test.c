@@ -109,8 +109,8 @@ static void cleanup_root(const char *root)
     const char *argv[] = {"rm", "-rf", "--one-file-system", "--", root, NULL};
     g_autoptr(GError) error = NULL;
     gint status;
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, &status,
-                               &error));
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL,
+                               &status, &error));
     g_assert_no_error(error);
     g_assert_false(storage_test_exists(root));
 }
@@ -142,9 +142,14 @@ gboolean storage_test_begin(void)
     return FALSE;
 }
 
+GHashTable *storage_test_config_new(void)
+{
+    return g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+}
+
 GHashTable *storage_test_config(const char *first_key, ...)
 {
-    GHashTable *config = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    GHashTable *config = storage_test_config_new();
     va_list args;
     va_start(args, first_key);
     for (const char *key = first_key; key != NULL; key = va_arg(args, const char *)) {
@@ -180,12 +185,12 @@ gboolean storage_test_exists(const char *path)
 /* system.posix_acl_access in the kernel's xattr format: version 2, then (tag, perm, id) entries sorted by
  * tag: user::rw-, user:1234:r--, group::r--, mask::r--, other::---. */
 static const guint8 acl_xattr[] = {
-    0x02, 0x00, 0x00, 0x00,                                      /* version */
-    0x01, 0x00, 0x06, 0x00, 0xff, 0xff, 0xff, 0xff,              /* USER_OBJ rw */
-    0x02, 0x00, 0x04, 0x00, 0xd2, 0x04, 0x00, 0x00,              /* USER 1234 r */
-    0x04, 0x00, 0x04, 0x00, 0xff, 0xff, 0xff, 0xff,              /* GROUP_OBJ r */
-    0x10, 0x00, 0x04, 0x00, 0xff, 0xff, 0xff, 0xff,              /* MASK r */
-    0x20, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff,              /* OTHER - */
+    0x02, 0x00, 0x00, 0x00,                         /* version */
+    0x01, 0x00, 0x06, 0x00, 0xff, 0xff, 0xff, 0xff, /* USER_OBJ rw */
+    0x02, 0x00, 0x04, 0x00, 0xd2, 0x04, 0x00, 0x00, /* USER 1234 r */
+    0x04, 0x00, 0x04, 0x00, 0xff, 0xff, 0xff, 0xff, /* GROUP_OBJ r */
+    0x10, 0x00, 0x04, 0x00, 0xff, 0xff, 0xff, 0xff, /* MASK r */
+    0x20, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, /* OTHER - */
 };
 
 #define SPARSE_SIZE (64 * 1024 * 1024)

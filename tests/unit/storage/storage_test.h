@@ -7,11 +7,11 @@
 #include <glib.h>
 
 typedef struct {
-    char *root;       /* a fresh directory under /tmp */
-    char *ferry_dir;  /* root/ferry: $FERRY_DIR */
-    char *pools_dir;  /* root/ferry/storage-pools */
-    char *disks_dir;  /* root/ferry/disks */
-    char *external;   /* root/external: outside $FERRY_DIR, for pool sources */
+    char *root;      /* a fresh directory under /tmp */
+    char *ferry_dir; /* root/ferry: $FERRY_DIR */
+    char *pools_dir; /* root/ferry/storage-pools */
+    char *disks_dir; /* root/ferry/disks */
+    char *external;  /* root/external: outside $FERRY_DIR, for pool sources */
 } StorageTestDirs;
 
 /* Call first in a root-only test. In the test process: skips (with the reason) unless root; else makes the
@@ -21,7 +21,9 @@ typedef struct {
 gboolean storage_test_begin(void);
 const StorageTestDirs *storage_test_dirs(void);
 
-/* A pool config table that owns its strings, from key/value pairs ending in NULL. */
+/* An empty pool config table that owns its strings. */
+GHashTable *storage_test_config_new(void);
+/* One from key/value pairs ending in NULL. */
 GHashTable *storage_test_config(const char *first_key, ...) G_GNUC_NULL_TERMINATED;
 
 /* Fill dir with: rootfs/file (1 MiB, owner 1000000:1000000, mode 4640, xattrs user.ferry and trusted.ferry,
@@ -35,12 +37,12 @@ void storage_test_write_file(const char *path, const char *contents);
 char *storage_test_read_file(const char *path);
 gboolean storage_test_exists(const char *path);
 
-#define g_assert_ferry_error(err, code_)                                                                      \
+#define storage_assert_error(err, code_)                                                                     \
     G_STMT_START                                                                                             \
     {                                                                                                        \
         g_assert_nonnull(err);                                                                               \
         if ((err)->code != (code_))                                                                          \
-            g_error("expected error code %d, got %d: %s", (int)(code_), (err)->code, (err)->message);       \
+            g_error("expected error code %d, got %d: %s", (int)(code_), (err)->code, (err)->message);        \
         g_assert_error(err, FERRY_ERROR, code_);                                                             \
     }                                                                                                        \
     G_STMT_END

@@ -38,13 +38,13 @@ static void test_parse_size(void)
         g_assert_cmpuint(bytes, ==, good[i].bytes);
     }
 
-    static const char *const bad[] = {"abc", "GiB", "5 GiB", "5gib", "-5", "5.5GiB", "5GiBx", "8EiB",
-                                      "99999999999999999999"};
+    static const char *const bad[] = {
+        "abc", "GiB", "5 GiB", "5gib", "-5", "5.5GiB", "5GiBx", "8EiB", "99999999999999999999"};
     for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
         g_autoptr(GError) error = NULL;
         guint64 bytes;
         g_assert_false(ferry_pool_parse_size(bad[i], &bytes, &error));
-        g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+        storage_assert_error(error, FERRY_ERROR_INVALID);
     }
 }
 
@@ -54,16 +54,16 @@ static void test_validate_ok(void)
     g_assert_true(ferry_pool_validate_config("dir", NULL, &error));
     g_assert_no_error(error);
 
-    g_autoptr(GHashTable) dir = storage_test_config("source", "/srv/pool", "rsync.bwlimit", "10MiB",
-                                                    "rsync.compression", "false", "volume.size", "10GiB",
-                                                    "volume.security.shifted", "yes", "user.note", "anything",
-                                                    "volume.snapshots.schedule", "@daily", NULL);
+    g_autoptr(GHashTable) dir =
+        storage_test_config("source", "/srv/pool", "rsync.bwlimit", "10MiB", "rsync.compression", "false",
+                            "volume.size", "10GiB", "volume.security.shifted", "yes", "user.note", "anything",
+                            "volume.snapshots.schedule", "@daily", NULL);
     g_assert_true(ferry_pool_validate_config("dir", dir, &error));
     g_assert_no_error(error);
 
-    g_autoptr(GHashTable) btrfs = storage_test_config("size", "5GiB", "btrfs.mount_options",
-                                                      "compress=zstd,noatime", "source", "", "source.wipe",
-                                                      "true", NULL);
+    g_autoptr(GHashTable) btrfs =
+        storage_test_config("size", "5GiB", "btrfs.mount_options", "compress=zstd,noatime", "source", "",
+                            "source.wipe", "true", NULL);
     g_assert_true(ferry_pool_validate_config("btrfs", btrfs, &error));
     g_assert_no_error(error);
 }
@@ -81,22 +81,25 @@ static void test_validate_errors(void)
         {"dir", "btrfs.mount_options", "x", "Invalid pool configuration key \"btrfs.mount_options\""},
         {"btrfs", "size", "abc", "Invalid value for pool configuration key \"size\": Invalid size \"abc\""},
         {"btrfs", "volume.size", "12 parsecs", "Invalid value for pool configuration key \"volume.size\""},
-        {"dir", "rsync.compression", "maybe", "Invalid value for pool configuration key \"rsync.compression\""},
-        {"dir", "volume.initial.uid", "root", "Invalid value for pool configuration key \"volume.initial.uid\""},
+        {"dir", "rsync.compression", "maybe",
+         "Invalid value for pool configuration key \"rsync.compression\""},
+        {"dir", "volume.initial.uid", "root",
+         "Invalid value for pool configuration key \"volume.initial.uid\""},
         {"btrfs", "source", "relative/path", "Invalid value for pool configuration key \"source\""},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(GHashTable) config = storage_test_config(cases[i].key, cases[i].value, NULL);
         g_autoptr(GError) error = NULL;
         g_assert_false(ferry_pool_validate_config(cases[i].driver, config, &error));
-        g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+        storage_assert_error(error, FERRY_ERROR_INVALID);
         if (!g_str_has_prefix(error->message, cases[i].message))
-            g_error("case %zu: message \"%s\" does not start with \"%s\"", i, error->message, cases[i].message);
+            g_error("case %zu: message \"%s\" does not start with \"%s\"", i, error->message,
+                    cases[i].message);
     }
 
     g_autoptr(GError) error = NULL;
     g_assert_false(ferry_pool_validate_config("zfs", NULL, &error));
-    g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+    storage_assert_error(error, FERRY_ERROR_INVALID);
     g_assert_cmpstr(error->message, ==, "Unknown storage driver \"zfs\"");
 }
 
@@ -104,8 +107,8 @@ static void test_load_and_paths(void)
 {
     g_autoptr(GError) error = NULL;
     g_autoptr(GHashTable) config = storage_test_config("source", "/nonexistent/pool", NULL);
-    g_autoptr(FerryPool) pool = ferry_pool_load("p1", "dir", config, "/nonexistent/ferry/storage-pools/p1/",
-                                                &error);
+    g_autoptr(FerryPool) pool =
+        ferry_pool_load("p1", "dir", config, "/nonexistent/ferry/storage-pools/p1/", &error);
     g_assert_no_error(error);
     g_assert_nonnull(pool);
     g_assert_cmpstr(ferry_pool_get_name(pool), ==, "p1");
@@ -133,19 +136,19 @@ static void test_load_and_paths(void)
 
     /* Name checks come before any I/O. */
     g_assert_false(ferry_pool_create_volume(pool, FERRY_VOLUME_CONTAINER, "a/b", &error));
-    g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+    storage_assert_error(error, FERRY_ERROR_INVALID);
     g_clear_error(&error);
     g_assert_false(ferry_pool_create_snapshot(pool, FERRY_VOLUME_IMAGE, "abc", "s", &error));
-    g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+    storage_assert_error(error, FERRY_ERROR_INVALID);
     g_clear_error(&error);
 
     g_autoptr(FerryPool) bad = ferry_pool_load("p/1", "dir", NULL, "/x", &error);
     g_assert_null(bad);
-    g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+    storage_assert_error(error, FERRY_ERROR_INVALID);
     g_clear_error(&error);
     g_autoptr(FerryPool) bad_driver = ferry_pool_load("p1", "lvm", NULL, "/x", &error);
     g_assert_null(bad_driver);
-    g_assert_ferry_error(error, FERRY_ERROR_INVALID);
+    storage_assert_error(error, FERRY_ERROR_INVALID);
 }
 
 int main(int argc, char **argv)
