@@ -68,6 +68,18 @@ CliConfig *cli_config_load_text(const char *dir, const char *yaml_text, GError *
         }
     }
     complete_doc(doc);
+    /* Written back with default-remote and remotes first, as Incus writes its config.yml. */
+    json_t *ordered = json_object();
+    json_object_set(ordered, "default-remote", json_object_get(doc, "default-remote"));
+    json_object_set(ordered, "remotes", json_object_get(doc, "remotes"));
+    const char *key;
+    json_t *value;
+    json_object_foreach(doc, key, value) {
+        if (json_object_get(ordered, key) == NULL)
+            json_object_set(ordered, key, value);
+    }
+    json_decref(doc);
+    doc = ordered;
 
     CliConfig *config = g_new0(CliConfig, 1);
     config->dir = g_strdup(dir);

@@ -47,12 +47,27 @@ static gboolean write_all(int fd, const guint8 *data, gsize length)
     return TRUE;
 }
 
+/* An output stream ends with Incus's barrier (an empty text message) or its close, whichever comes first;
+ * in interactive mode the server waits for us to close after the barrier. */
+static void output_ended(SoupWebsocketConnection *ws, ExecSession *session)
+{
+    if (g_object_get_data(G_OBJECT(ws), "ferry-ended") != NULL)
+        return;
+    g_object_set_data(G_OBJECT(ws), "ferry-ended", GINT_TO_POINTER(1));
+    if (session->open_outputs > 0)
+        session->open_outputs--;
+}
+
 static void on_output_message(SoupWebsocketConnection *ws, gint type, GBytes *message, gpointer user_data)
 {
-    int fd = GPOINTER_TO_INT(user_data);
-    /* A text message is Incus's end-of-stream barrier; the close follows. */
-    if (type != SOUP_WEBSOCKET_DATA_BINARY)
+    ExecSession *session = user_data;
+    if (type != SOUP_WEBSOCKET_DATA_BINARY) {
+        output_ended(ws, session);
+        if (soup_websocket_connection_get_state(ws) == SOUP_WEBSOCKET_STATE_OPEN)
+            soup_websocket_connection_close(ws, SOUP_WEBSOCKET_CLOSE_NORMAL, NULL);
         return;
+    }
+    int fd = GPOINTER_TO_INT(g_object_get_data(G_OBJECT(ws), "ferry-fd"));
     gsize length = 0;
     const guint8 *data = g_bytes_get_data(message, &length);
     write_all(fd, data, length);
@@ -60,9 +75,7 @@ static void on_output_message(SoupWebsocketConnection *ws, gint type, GBytes *me
 
 static void on_output_closed(SoupWebsocketConnection *ws, gpointer user_data)
 {
-    ExecSession *session = user_data;
-    if (session->open_outputs > 0)
-        session->open_outputs--;
+    output_ended(ws, user_data);
 }
 
 static void stop_stdin(ExecSession *session)
@@ -368,8 +381,9 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(context);
         /* Interactive: the pty's output comes back on "0"; otherwise on "1" and "2". */
         for (int i = interactive ? 0 : 1; i < (interactive ? 1 : 3); i++) {
-            g_signal_connect(session.streams[i], "message", G_CALLBACK(on_output_message),
-                             GINT_TO_POINTER(i == 2 ? STDERR_FILENO : STDOUT_FILENO));
+            g_object_set_data(G_OBJECT(session.streams[i]), "ferry-fd",
+                              GINT_TO_POINTER(i == 2 ? STDERR_FILENO : STDOUT_FILENO));
+            g_signal_connect(session.streams[i], "message", G_CALLBACK(on_output_message), &session);
             g_signal_connect(session.streams[i], "closed", G_CALLBACK(on_output_closed), &session);
             session.open_outputs++;
         }

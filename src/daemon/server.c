@@ -131,24 +131,28 @@ SoupServer *ferry_server_new_unix(FerryDaemon *daemon, const char *socket_path, 
     return server;
 }
 
+/* core.https_address: "IP:port", "[IPv6]:port", a bare IP (port 8443) or ":port" (every address). */
 static GSocketAddress *parse_listen_address(const char *address, GError **error)
 {
     g_autofree char *host = NULL;
-    guint16 port = 8443;
+    guint64 port = 0;
     if (address[0] == ':') {
         host = g_strdup("::");
-        port = (guint16)atoi(address + 1);
+        if (!g_ascii_string_to_unsigned(address + 1, 10, 1, G_MAXUINT16, &port, NULL))
+            port = 0;
     } else {
-        g_autoptr(GSocketConnectable) parsed = g_network_address_parse(address, 8443, error);
-        if (parsed == NULL)
-            return NULL;
-        host = g_strdup(g_network_address_get_hostname(G_NETWORK_ADDRESS(parsed)));
-        port = g_network_address_get_port(G_NETWORK_ADDRESS(parsed));
+        g_autoptr(GSocketConnectable) parsed = g_network_address_parse(address, 8443, NULL);
+        if (parsed != NULL) {
+            host = g_strdup(g_network_address_get_hostname(G_NETWORK_ADDRESS(parsed)));
+            port = g_network_address_get_port(G_NETWORK_ADDRESS(parsed));
+        }
     }
-    GSocketAddress *socket_address = g_inet_socket_address_new_from_string(host, port);
+    /* Port 0 would bind a random port that no client could be told about. */
+    GSocketAddress *socket_address =
+        host != NULL && port != 0 ? g_inet_socket_address_new_from_string(host, (guint)port) : NULL;
     if (socket_address == NULL)
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                    "Invalid listen address \"%s\": expected IP:port (a literal IP address)", address);
+                    "Invalid listen address \"%s\": expected IP:port (a literal IP address, port 1-65535)", address);
     return socket_address;
 }
 
@@ -158,8 +162,11 @@ SoupServer *ferry_server_new_https(FerryDaemon *daemon, const char *address, GEr
     if (socket_address == NULL)
         return NULL;
     SoupServer *server = server_new(daemon, daemon->server_certificate);
-    if (!soup_server_listen(server, socket_address, SOUP_SERVER_LISTEN_HTTPS, error)) {
-        g_prefix_error(error, "Failed to listen on %s: ", address);
+    g_autoptr(GError) listen_error = NULL;
+    if (!soup_server_listen(server, socket_address, SOUP_SERVER_LISTEN_HTTPS, &listen_error)) {
+        /* An address we cannot bind (in use, not ours) is a bad value for the setting, not a server fault. */
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Failed to listen on %s: %s", address,
+                    listen_error->message);
         g_object_unref(server);
         return NULL;
     }

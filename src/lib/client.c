@@ -367,9 +367,12 @@ gboolean ferry_progress_from_operation(const json_t *operation, FerryProgress *p
             progress->total = json_integer_value(value);
         if (json_is_integer(value = json_object_get(own, "rate_bytes_per_sec")))
             progress->rate = json_integer_value(value);
-        progress->stage = ferry_json_get_string(own, "stage");
-        if (progress->done >= 0)
+        if (progress->done >= 0) {
+            progress->stage = ferry_json_get_string(own, "stage");
             return TRUE;
+        }
+        /* Incus's own "progress" ({"stage","percent","speed"} as strings) goes with a text key below. */
+        progress->total = progress->rate = -1;
     }
 
     /* Incus: "download_progress": "rootfs: 45% (12.30MB/s)", "create_instance_from_image_unpack_progress":

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import ApiError
+from ferry_harness import ApiError
 
 
 def state(server, name):

@@ -54,6 +54,18 @@ static char *request_certificate_pem(FerryRequest *request, GError **error)
     return ferry_tls_cert_to_pem(peer);
 }
 
+/* The secret inside a full trust token, or NULL when text is not one. */
+static char *secret_of_token(const char *text)
+{
+    gsize length = 0;
+    g_autofree guchar *decoded = g_base64_decode(text, &length);
+    if (decoded == NULL || length == 0)
+        return NULL;
+    g_autoptr(json_t) token = ferry_json_parse((const char *)decoded, length, NULL);
+    const char *secret = token != NULL ? ferry_json_get_string(token, "secret") : NULL;
+    return g_strdup(secret);
+}
+
 FerryResponse *api_certificates_post(FerryRequest *request)
 {
     FerryDaemon *daemon = request->daemon;
@@ -72,6 +84,10 @@ FerryResponse *api_certificates_post(FerryRequest *request)
             secret = ferry_json_get_string(request->body, "password"); /* older clients */
         if (secret == NULL || *secret == '\0')
             return ferry_response_error_new(403, "Forbidden: client certificate not trusted");
+        /* The incus client sends the whole token (base64 JSON); older clients send only its secret. */
+        g_autofree char *token_secret = secret_of_token(secret);
+        if (token_secret != NULL)
+            secret = token_secret;
         GTlsCertificate *peer = soup_server_message_get_tls_peer_certificate(request->msg);
         if (peer == NULL)
             return ferry_response_error_new(400, "A client certificate is required to redeem a trust token");

@@ -15,7 +15,11 @@
 #include <pty.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/openat2.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -310,6 +314,46 @@ static gboolean close_channels(gpointer user_data)
     return G_SOURCE_REMOVE;
 }
 
+/* A pty from the container's own devpts instance, so that the command sees a terminal that exists inside
+ * the container (tty(1), ttyname(3) work there). The path is resolved beneath the container's root without
+ * following symlinks: the container controls its /dev. */
+static gboolean open_container_pty(FerryDaemon *daemon, ExecSession *session, int *master_out, int *slave_out)
+{
+    g_autofree char *lxcpath = ferry_daemon_path(daemon, "containers", NULL);
+    g_autofree char *lxc_name = ferry_instance_volume_name(session->project, session->name);
+    pid_t init_pid = 0;
+    if (ferry_container_status(lxcpath, lxc_name, &init_pid) != FERRY_CONTAINER_RUNNING || init_pid <= 0)
+        return FALSE;
+    g_autofree char *root_path = g_strdup_printf("/proc/%d/root", (int)init_pid);
+    int root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return FALSE;
+    struct open_how how = {
+        .flags = O_RDWR | O_NOCTTY | O_CLOEXEC,
+        .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    int master = (int)syscall(SYS_openat2, root, "dev/pts/ptmx", &how, sizeof(how));
+    close(root);
+    if (master < 0)
+        return FALSE;
+    struct stat st;
+    int unlock = 0;
+    /* Only the devpts multiplexer (char 5:2) will do: anything else the container put there is refused. */
+    if (fstat(master, &st) < 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 || minor(st.st_rdev) != 2 ||
+        ioctl(master, TIOCSPTLCK, &unlock) < 0) {
+        close(master);
+        return FALSE;
+    }
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0) {
+        close(master);
+        return FALSE;
+    }
+    *master_out = master;
+    *slave_out = slave;
+    return TRUE;
+}
+
 static int decode_status(int status)
 {
     if (WIFEXITED(status))
@@ -366,12 +410,18 @@ static gboolean run_exec(FerryOperation *op, gpointer data, GError **error)
         int master = -1, slave = -1;
         struct winsize size = {.ws_col = session->width > 0 ? session->width : 80,
                                .ws_row = session->height > 0 ? session->height : 24};
-        if (openpty(&master, &slave, NULL, NULL, &size) < 0) {
-            ferry_set_error_errno(error, errno, "Failed to allocate a terminal");
-            return FALSE;
+        if (open_container_pty(daemon, session, &master, &slave)) {
+            ioctl(master, TIOCSWINSZ, &size);
+        } else {
+            /* A container without its own devpts: a host pty still gives a working terminal. */
+            g_debug("Exec in %s: no devpts in the container, using a host pty", session->name);
+            if (openpty(&master, &slave, NULL, NULL, &size) < 0) {
+                ferry_set_error_errno(error, errno, "Failed to allocate a terminal");
+                return FALSE;
+            }
+            fcntl(master, F_SETFD, FD_CLOEXEC);
+            fcntl(slave, F_SETFD, FD_CLOEXEC);
         }
-        fcntl(master, F_SETFD, FD_CLOEXEC);
-        fcntl(slave, F_SETFD, FD_CLOEXEC);
         child_fds[0] = slave;
         child_fds[1] = dup(slave);
         child_fds[2] = dup(slave);

@@ -342,9 +342,8 @@ static gboolean store_upload(FerryDaemon *daemon, UploadJob *job, FerryImageInfo
     return TRUE;
 }
 
-static gboolean run_upload(FerryOperation *op, gpointer data, GError **error)
+static gboolean import_upload(FerryOperation *op, UploadJob *job, GError **error)
 {
-    UploadJob *job = data;
     FerryDaemon *daemon = ferry_operation_get_daemon(op);
     g_autoptr(FerryImageInfo) info =
         ferry_image_archive_inspect(job->staged, ferry_operation_get_cancellable(op), error);
@@ -366,6 +365,18 @@ static gboolean run_upload(FerryOperation *op, gpointer data, GError **error)
     g_autofree char *source = image_url(info->fingerprint);
     ferry_events_lifecycle(daemon->events, job->project, "image-created", source);
     return TRUE;
+}
+
+static gboolean run_upload(FerryOperation *op, gpointer data, GError **error)
+{
+    UploadJob *job = data;
+    gboolean ok = import_upload(op, job, error);
+    /* Finished operations linger for a while; their uploads should not. */
+    if (job->staged != NULL) {
+        g_unlink(job->staged);
+        g_clear_pointer(&job->staged, g_free);
+    }
+    return ok;
 }
 
 /* Everything about an upload that can be checked before its bytes are read. */

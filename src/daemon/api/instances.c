@@ -1,6 +1,7 @@
 /* /1.0/instances and /1.0/instances/{name}: list, create, show, update, rename, delete. */
 #include "api.h"
 #include "instance_action.h"
+#include "filter.h"
 
 #include "error.h"
 #include "instances.h"
@@ -28,21 +29,39 @@ FerryResponse *api_instances_get(FerryRequest *request)
         return ferry_response_error_new(404, "Project \"%s\" not found", request->project);
     g_autoptr(json_t) rows = ferry_db_list(daemon->db, FERRY_KIND_INSTANCE, all_projects ? NULL : request->project, "");
     int recursion = ferry_request_recursion(request);
+    GError *error = NULL;
+    g_autoptr(FerryFilter) filter = ferry_filter_parse(ferry_request_query(request, "filter"), &error);
+    if (filter == NULL)
+        return ferry_response_error(error);
+    const char *filter_text = ferry_request_query(request, "filter");
+    gboolean filtering = filter_text != NULL && *filter_text != '\0';
     json_t *list = json_array();
     size_t index;
     json_t *row;
     json_array_foreach(rows, index, row) {
         const char *name = ferry_json_get_string(row, "name");
         const char *project = ferry_json_get_string(row, "project");
-        if (recursion == 0) {
+        if (recursion == 0 && !filtering) {
             json_t *resources = instance_resources(project, name);
             json_array_append(list, json_array_get(json_object_get(resources, "instances"), 0));
             json_decref(resources);
             continue;
         }
         json_t *instance = ferry_instance_render(daemon, project, name, recursion, NULL);
-        if (instance != NULL)
-            json_array_append_new(list, instance);
+        if (instance == NULL)
+            continue;
+        if (!ferry_filter_match(filter, instance)) {
+            json_decref(instance);
+            continue;
+        }
+        if (recursion == 0) {
+            json_t *resources = instance_resources(project, name);
+            json_array_append(list, json_array_get(json_object_get(resources, "instances"), 0));
+            json_decref(resources);
+            json_decref(instance);
+            continue;
+        }
+        json_array_append_new(list, instance);
     }
     return ferry_response_sync(list);
 }

@@ -722,7 +722,11 @@ FerryResponse *api_volume_get(FerryRequest *request)
 {
     const char *pool = ferry_request_param(request, "pool");
     const char *type = ferry_request_param(request, "type");
-    const char *name = ferry_request_param(request, "volume");
+    const char *volume_name = ferry_request_param(request, "volume");
+    const char *snapshot = ferry_request_param(request, "snapshot");
+    /* A snapshot is the volume "<volume>/<snapshot>" (route .../volumes/{type}/{volume}/snapshots/{snapshot}). */
+    g_autofree char *name =
+        snapshot != NULL ? g_strdup_printf("%s/%s", volume_name, snapshot) : g_strdup(volume_name);
     const char *project = NULL;
     GError *error = NULL;
     if (!volume_scope(request, &project, &error) || !check_volume_type(type, &error))
