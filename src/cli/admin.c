@@ -29,8 +29,10 @@ static gboolean merge_server_config(FerryClient *client, json_t *settings, GErro
     g_autoptr(json_t) merged = json_is_object(config) ? json_deep_copy(config) : json_object();
     const char *key;
     json_t *value;
-    json_object_foreach(settings, key, value) {
-        g_autofree char *text = json_is_string(value) ? g_strdup(json_string_value(value)) : ferry_yaml_scalar_text(value);
+    json_object_foreach(settings, key, value)
+    {
+        g_autofree char *text =
+            json_is_string(value) ? g_strdup(json_string_value(value)) : ferry_yaml_scalar_text(value);
         json_object_set_new(merged, key, json_string(text != NULL ? text : ""));
     }
     g_autoptr(json_t) body = json_pack("{s:O}", "config", merged);
@@ -81,21 +83,24 @@ static gboolean apply_entity(FerryClient *client, const char *collection, json_t
 
 static gboolean apply_preseed(FerryClient *client, json_t *preseed, GError **error)
 {
-    static const char *const pool_writable[] = { "config", "description", NULL };
-    static const char *const project_writable[] = { "config", "description", NULL };
+    static const char *const pool_writable[] = {"config", "description", NULL};
+    static const char *const project_writable[] = {"config", "description", NULL};
     if (!merge_server_config(client, json_object_get(preseed, "config"), error))
         return FALSE;
     gsize i;
     json_t *entry;
-    json_array_foreach(json_object_get(preseed, "storage_pools"), i, entry) {
+    json_array_foreach(json_object_get(preseed, "storage_pools"), i, entry)
+    {
         if (!apply_entity(client, "storage-pools", entry, pool_writable, error))
             return FALSE;
     }
-    json_array_foreach(json_object_get(preseed, "projects"), i, entry) {
+    json_array_foreach(json_object_get(preseed, "projects"), i, entry)
+    {
         if (!apply_entity(client, "projects", entry, project_writable, error))
             return FALSE;
     }
-    json_array_foreach(json_object_get(preseed, "profiles"), i, entry) {
+    json_array_foreach(json_object_get(preseed, "profiles"), i, entry)
+    {
         if (!apply_entity(client, "profiles", entry, cli_profile_writable, error))
             return FALSE;
     }
@@ -122,8 +127,8 @@ static json_t *auto_preseed(FerryClient *client, const char *backend, int loop_s
         if (strcmp(backend, "btrfs") == 0 && loop_size > 0)
             json_object_set_new(config, "size", json_sprintf("%dGiB", loop_size));
         json_object_set_new(preseed, "storage_pools",
-                            json_pack("[{s:s, s:s, s:s, s:o}]", "name", "default", "driver", backend, "description",
-                                      "", "config", config));
+                            json_pack("[{s:s, s:s, s:s, s:o}]", "name", "default", "driver", backend,
+                                      "description", "", "config", config));
     }
     g_autoptr(json_t) profile = ferry_client_get(client, "/1.0/profiles/default", NULL, error);
     if (profile == NULL)
@@ -132,16 +137,18 @@ static json_t *auto_preseed(FerryClient *client, const char *backend, int loop_s
     gboolean has_root = FALSE;
     const char *name;
     json_t *device;
-    json_object_foreach(devices, name, device) {
+    json_object_foreach(devices, name, device)
+    {
         if (g_strcmp0(ferry_json_get_string(device, "type"), "disk") == 0 &&
             g_strcmp0(ferry_json_get_string(device, "path"), "/") == 0)
             has_root = TRUE;
     }
     if (!has_root) {
         json_t *merged = json_is_object(devices) ? json_deep_copy(devices) : json_object();
-        json_object_set_new(merged, "root", json_pack("{s:s, s:s, s:s}", "path", "/", "pool", "default", "type",
-                                                      "disk"));
-        json_object_set_new(preseed, "profiles", json_pack("[{s:s, s:o}]", "name", "default", "devices", merged));
+        json_object_set_new(merged, "root",
+                            json_pack("{s:s, s:s, s:s}", "path", "/", "pool", "default", "type", "disk"));
+        json_object_set_new(preseed, "profiles",
+                            json_pack("[{s:s, s:o}]", "name", "default", "devices", merged));
     }
     return g_steal_pointer(&preseed);
 }
@@ -152,20 +159,22 @@ static int cmd_init(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *backend = NULL, *address = NULL;
     int port = 8443, loop_size = 0;
     const CliOption options[] = {
-        { "auto", 0, CLI_OPT_BOOL, &auto_mode, NULL, "Automatic (non-interactive) mode" },
-        { "dump", 0, CLI_OPT_BOOL, &dump, NULL, "Dump YAML config to stdout" },
-        { "network-address", 0, CLI_OPT_STRING, &address, "ADDRESS", "Address to bind to (default: none)" },
-        { "network-port", 0, CLI_OPT_INT, &port, "PORT", "Port to bind to (default: 8443)" },
-        { "preseed", 0, CLI_OPT_BOOL, &preseed, NULL, "Pre-seed mode, expects YAML config from stdin" },
-        { "storage-backend", 0, CLI_OPT_STRING, &backend, "BACKEND", "Storage backend to use (btrfs or dir)" },
-        { "storage-create-loop", 0, CLI_OPT_INT, &loop_size, "SIZE", "Setup loop based storage with SIZE in GiB" },
-        { NULL },
+        {"auto", 0, CLI_OPT_BOOL, &auto_mode, NULL, "Automatic (non-interactive) mode"},
+        {"dump", 0, CLI_OPT_BOOL, &dump, NULL, "Dump YAML config to stdout"},
+        {"network-address", 0, CLI_OPT_STRING, &address, "ADDRESS", "Address to bind to (default: none)"},
+        {"network-port", 0, CLI_OPT_INT, &port, "PORT", "Port to bind to (default: 8443)"},
+        {"preseed", 0, CLI_OPT_BOOL, &preseed, NULL, "Pre-seed mode, expects YAML config from stdin"},
+        {"storage-backend", 0, CLI_OPT_STRING, &backend, "BACKEND", "Storage backend to use (btrfs or dir)"},
+        {"storage-create-loop", 0, CLI_OPT_INT, &loop_size, "SIZE",
+         "Setup loop based storage with SIZE in GiB"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
         return -1;
     if ((auto_mode ? 1 : 0) + (preseed ? 1 : 0) + (dump ? 1 : 0) > 1) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Can't use --auto, --preseed and --dump together");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Can't use --auto, --preseed and --dump together");
         return -1;
     }
     if (!auto_mode && (backend != NULL || address != NULL || loop_size > 0)) {
@@ -173,8 +182,8 @@ static int cmd_init(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     }
     if (backend != NULL && strcmp(backend, "dir") != 0 && strcmp(backend, "btrfs") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "The requested backend '%s' isn't supported by init",
-                    backend);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "The requested backend '%s' isn't supported by init", backend);
         return -1;
     }
     g_autoptr(FerryClient) client = args->len ? cli_connect_name(cli, g_ptr_array_index(args, 0), NULL, error)
@@ -184,25 +193,32 @@ static int cmd_init(Cli *cli, int argc, char **argv, GError **error)
 
     if (dump) {
         g_autoptr(json_t) server = ferry_client_get(client, "/1.0", NULL, error);
-        g_autoptr(json_t) pools = server ? ferry_client_get(client, "/1.0/storage-pools?recursion=1", NULL, error) : NULL;
-        g_autoptr(json_t) profiles = pools ? ferry_client_get(client, "/1.0/profiles?recursion=1", NULL, error) : NULL;
-        g_autoptr(json_t) projects = profiles ? ferry_client_get(client, "/1.0/projects?recursion=1", NULL, error) : NULL;
+        g_autoptr(json_t) pools =
+            server ? ferry_client_get(client, "/1.0/storage-pools?recursion=1", NULL, error) : NULL;
+        g_autoptr(json_t) profiles =
+            pools ? ferry_client_get(client, "/1.0/profiles?recursion=1", NULL, error) : NULL;
+        g_autoptr(json_t) projects =
+            profiles ? ferry_client_get(client, "/1.0/projects?recursion=1", NULL, error) : NULL;
         if (projects == NULL)
             return -1;
-        static const char *const pool_keys[] = { "config", "description", "name", "driver", NULL };
-        static const char *const profile_keys[] = { "config", "description", "devices", "name", NULL };
-        static const char *const project_keys[] = { "config", "description", "name", NULL };
-        g_autoptr(json_t) document = json_pack("{s:O, s:[], s:[], s:[]}", "config",
-                                               json_object_get(server, "config"), "storage_pools", "profiles",
-                                               "projects");
-        struct { json_t *from; const char *key; const char *const *keys; } parts[] = {
-            { pools, "storage_pools", pool_keys }, { profiles, "profiles", profile_keys },
-            { projects, "projects", project_keys } };
+        static const char *const pool_keys[] = {"config", "description", "name", "driver", NULL};
+        static const char *const profile_keys[] = {"config", "description", "devices", "name", NULL};
+        static const char *const project_keys[] = {"config", "description", "name", NULL};
+        g_autoptr(json_t) document =
+            json_pack("{s:O, s:[], s:[], s:[]}", "config", json_object_get(server, "config"), "storage_pools",
+                      "profiles", "projects");
+        struct {
+            json_t *from;
+            const char *key;
+            const char *const *keys;
+        } parts[] = {{pools, "storage_pools", pool_keys},
+                     {profiles, "profiles", profile_keys},
+                     {projects, "projects", project_keys}};
         for (gsize p = 0; p < G_N_ELEMENTS(parts); p++) {
             gsize i;
             json_t *entry;
-            json_array_foreach(parts[p].from, i, entry)
-                json_array_append_new(json_object_get(document, parts[p].key), cli_writable(entry, parts[p].keys));
+            json_array_foreach(parts[p].from, i, entry) json_array_append_new(
+                json_object_get(document, parts[p].key), cli_writable(entry, parts[p].keys));
         }
         return cli_print_yaml(document, error) ? 0 : -1;
     }
@@ -230,10 +246,11 @@ static int cmd_init(Cli *cli, int argc, char **argv, GError **error)
 }
 
 const CliCommand cli_admin_commands[] = {
-    { "init", NULL, "", "Configure the daemon",
-      "--auto creates the storage pool \"default\" (dir, or btrfs with --storage-backend) when there is none,\n"
-      "gives the default profile a root disk on it and, with --network-address, listens on HTTPS.\n"
-      "--preseed applies a YAML document from stdin (config, storage_pools, projects, profiles).",
-      cmd_init, NULL },
-    { NULL },
+    {"init", NULL, "", "Configure the daemon",
+     "--auto creates the storage pool \"default\" (dir, or btrfs with --storage-backend) when there is "
+     "none,\n"
+     "gives the default profile a root disk on it and, with --network-address, listens on HTTPS.\n"
+     "--preseed applies a YAML document from stdin (config, storage_pools, projects, profiles).",
+     cmd_init, NULL},
+    {NULL},
 };

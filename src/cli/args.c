@@ -17,16 +17,17 @@ static gboolean global_help;
 /* Options every command accepts. Targets are bound to the Cli at parse time. */
 static void global_options(Cli *cli, CliOption out[4])
 {
-    out[0] = (CliOption){ "project", 0, CLI_OPT_STRING, &cli->project, "PROJECT", "Override the source project" };
-    out[1] = (CliOption){ "quiet", 'q', CLI_OPT_BOOL, &cli->quiet, NULL, "Don't show progress information" };
-    out[2] = (CliOption){ "help", 'h', CLI_OPT_BOOL, &global_help, NULL, "Print help" };
-    out[3] = (CliOption){ NULL, 0, 0, NULL, NULL, NULL };
+    out[0] =
+        (CliOption){"project", 0, CLI_OPT_STRING, &cli->project, "PROJECT", "Override the source project"};
+    out[1] = (CliOption){"quiet", 'q', CLI_OPT_BOOL, &cli->quiet, NULL, "Don't show progress information"};
+    out[2] = (CliOption){"help", 'h', CLI_OPT_BOOL, &global_help, NULL, "Print help"};
+    out[3] = (CliOption){NULL, 0, 0, NULL, NULL, NULL};
 }
 
 static const CliOption *find_option(const CliOption *options, const CliOption *globals, const char *long_name,
                                     char short_name)
 {
-    const CliOption *lists[] = { options, globals };
+    const CliOption *lists[] = {options, globals};
     for (gsize l = 0; l < G_N_ELEMENTS(lists); l++) {
         for (const CliOption *o = lists[l]; o != NULL && o->long_name != NULL; o++) {
             if (long_name != NULL && strcmp(o->long_name, long_name) == 0)
@@ -47,7 +48,8 @@ static gboolean set_option(const CliOption *option, const char *value, const cha
         } else if (g_ascii_strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0) {
             *(gboolean *)option->target = FALSE;
         } else {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" for flag %s", value, shown);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" for flag %s", value,
+                        shown);
             return FALSE;
         }
         return TRUE;
@@ -60,7 +62,8 @@ static gboolean set_option(const CliOption *option, const char *value, const cha
     case CLI_OPT_INT: {
         gint64 number;
         if (!g_ascii_string_to_signed(value, 10, G_MININT, G_MAXINT, &number, NULL)) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" for flag %s", value, shown);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid value \"%s\" for flag %s", value,
+                        shown);
             return FALSE;
         }
         *(int *)option->target = (int)number;
@@ -110,7 +113,8 @@ gboolean cli_parse(Cli *cli, int argc, char **argv, const CliOption *options, GP
             }
             if (option->kind != CLI_OPT_BOOL && value == NULL) {
                 if (i + 1 >= argc) {
-                    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "flag needs an argument: --%s", name);
+                    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "flag needs an argument: --%s",
+                                name);
                     return FALSE;
                 }
                 value = argv[++i];
@@ -125,7 +129,8 @@ gboolean cli_parse(Cli *cli, int argc, char **argv, const CliOption *options, GP
             const CliOption *option = find_option(options, globals, NULL, *c);
             g_autofree char *shown = g_strdup_printf("-%c", *c);
             if (option == NULL) {
-                g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "unknown shorthand flag: '%c' in %s", *c, arg);
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "unknown shorthand flag: '%c' in %s", *c,
+                            arg);
                 return FALSE;
             }
             if (option->kind == CLI_OPT_BOOL) {
@@ -140,8 +145,8 @@ gboolean cli_parse(Cli *cli, int argc, char **argv, const CliOption *options, GP
             const char *value = c[1] == '=' ? c + 2 : c + 1;
             if (*value == '\0') {
                 if (i + 1 >= argc) {
-                    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "flag needs an argument: '%c' in %s", *c,
-                                arg);
+                    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "flag needs an argument: '%c' in %s",
+                                *c, arg);
                     return FALSE;
                 }
                 value = argv[++i];
@@ -407,8 +412,8 @@ static char *run_editor(const char *text, GError **error)
     g_strv_builder_add(builder, path);
     g_auto(GStrv) argv = g_strv_builder_end(builder);
     int status = 0;
-    gboolean ran = g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_CHILD_INHERITS_STDIN, NULL, NULL,
-                                NULL, NULL, &status, error);
+    gboolean ran = g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_CHILD_INHERITS_STDIN, NULL,
+                                NULL, NULL, NULL, &status, error);
     char *edited = NULL;
     if (ran && g_spawn_check_wait_status(status, error))
         g_file_get_contents(path, &edited, NULL, error);

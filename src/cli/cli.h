@@ -27,7 +27,8 @@ typedef struct {
 
 typedef struct _Cli Cli;
 
-/* Runs a verb with its arguments (argv[0] is the verb's name). Returns the exit status, or -1 with error set. */
+/* Runs a verb with its arguments (argv[0] is the verb's name). Returns the exit status, or -1 with error set.
+ */
 typedef int (*CliRunFunc)(Cli *cli, int argc, char **argv, GError **error);
 
 typedef struct _CliCommand CliCommand;
@@ -36,16 +37,16 @@ struct _CliCommand {
     const char *aliases; /* space-separated, or NULL */
     const char *usage;   /* arguments after the command path */
     const char *summary;
-    const char *description; /* extra help text, or NULL */
-    CliRunFunc run;          /* NULL for a group */
+    const char *description;       /* extra help text, or NULL */
+    CliRunFunc run;                /* NULL for a group */
     const CliCommand *subcommands; /* terminated by an entry with name NULL */
 };
 
 struct _Cli {
     CliConfig *config;
-    char *project;     /* --project */
-    gboolean quiet;    /* -q */
-    GString *path;     /* "ferry config trust" for help and errors */
+    char *project;  /* --project */
+    gboolean quiet; /* -q */
+    GString *path;  /* "ferry config trust" for help and errors */
     const CliCommand *command;
 };
 
@@ -69,7 +70,7 @@ FerryClient *cli_connect_name(Cli *cli, const char *raw, char **name_out, GError
 typedef struct _CliProgress CliProgress;
 CliProgress *cli_progress_new(Cli *cli, const char *prefix);
 void cli_progress_update(const FerryProgress *progress, gpointer user_data); /* user_data: CliProgress */
-void cli_progress_free(CliProgress *progress); /* clears the line */
+void cli_progress_free(CliProgress *progress);                               /* clears the line */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CliProgress, cli_progress_free)
 /* One line of progress text: "Unpack: 45% (1.23GB/2.73GB, 12.30MB/s, ETA 12s)". */
 char *cli_progress_format(const char *prefix, const FerryProgress *progress);

@@ -28,8 +28,9 @@ static void complete_doc(json_t *doc)
         json_object_set_new(doc, "remotes", remotes);
     }
     if (!json_is_object(json_object_get(remotes, LOCAL_REMOTE)))
-        json_object_set_new(remotes, LOCAL_REMOTE,
-                            json_pack("{s:s, s:s, s:b}", "addr", "unix://", "protocol", "incus", "public", 0));
+        json_object_set_new(
+            remotes, LOCAL_REMOTE,
+            json_pack("{s:s, s:s, s:b}", "addr", "unix://", "protocol", "incus", "public", 0));
     const char *current = ferry_json_get_string(doc, "default-remote");
     if (current == NULL || !json_is_object(json_object_get(remotes, current)))
         json_object_set_new(doc, "default-remote", json_string(LOCAL_REMOTE));
@@ -46,7 +47,8 @@ CliConfig *cli_config_load_text(const char *dir, const char *yaml_text, GError *
             return NULL;
         }
         if (!json_is_object(doc)) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid client configuration: not a mapping");
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid client configuration: not a mapping");
             return NULL;
         }
     } else {
@@ -55,15 +57,17 @@ CliConfig *cli_config_load_text(const char *dir, const char *yaml_text, GError *
     /* "public" may have been written as a string by hand; normalise the remote entries. */
     json_t *remotes = json_object_get(doc, "remotes");
     if (remotes != NULL && !json_is_object(remotes)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid client configuration: remotes is not a mapping");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid client configuration: remotes is not a mapping");
         return NULL;
     }
     const char *name;
     json_t *remote;
-    json_object_foreach(remotes, name, remote) {
+    json_object_foreach(remotes, name, remote)
+    {
         if (!json_is_object(remote) || ferry_json_get_string(remote, "addr") == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid client configuration: remote %s has no addr",
-                        name);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid client configuration: remote %s has no addr", name);
             return NULL;
         }
     }
@@ -74,7 +78,8 @@ CliConfig *cli_config_load_text(const char *dir, const char *yaml_text, GError *
     json_object_set(ordered, "remotes", json_object_get(doc, "remotes"));
     const char *key;
     json_t *value;
-    json_object_foreach(doc, key, value) {
+    json_object_foreach(doc, key, value)
+    {
         if (json_object_get(ordered, key) == NULL)
             json_object_set(ordered, key, value);
     }
@@ -233,8 +238,8 @@ FerryClient *cli_config_connect(CliConfig *config, const char *remote, GError **
     const char *addr = ferry_json_get_string(entry, "addr");
     const char *protocol = ferry_json_get_string(entry, "protocol");
     if (protocol != NULL && g_strcmp0(protocol, "incus") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Remote %s uses protocol %s, which ferry can't talk",
-                    remote, protocol);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Remote %s uses protocol %s, which ferry can't talk", remote, protocol);
         return NULL;
     }
     if (g_str_has_prefix(addr, "unix:")) {
@@ -294,7 +299,8 @@ json_t *cli_token_decode(const char *token, GError **error)
     }
     gsize i;
     json_t *address;
-    json_array_foreach(addresses, i, address) {
+    json_array_foreach(addresses, i, address)
+    {
         if (!json_is_string(address)) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid trust token: bad address");
             return NULL;
@@ -303,13 +309,14 @@ json_t *cli_token_decode(const char *token, GError **error)
     return g_steal_pointer(&decoded);
 }
 
-char *cli_token_encode(const char *client_name, const char *fingerprint, json_t *addresses, const char *secret,
-                       const char *expires_at)
+char *cli_token_encode(const char *client_name, const char *fingerprint, json_t *addresses,
+                       const char *secret, const char *expires_at)
 {
     /* Field order and the zero time for "no expiry" are those of Incus's api.CertificateAddToken. */
-    g_autoptr(json_t) token = json_pack("{s:s, s:s, s:O, s:s, s:s}", "client_name", client_name, "fingerprint",
-                                        fingerprint, "addresses", addresses, "secret", secret, "expires_at",
-                                        expires_at != NULL && *expires_at ? expires_at : FERRY_JSON_ZERO_TIME);
+    g_autoptr(json_t) token =
+        json_pack("{s:s, s:s, s:O, s:s, s:s}", "client_name", client_name, "fingerprint", fingerprint,
+                  "addresses", addresses, "secret", secret, "expires_at",
+                  expires_at != NULL && *expires_at ? expires_at : FERRY_JSON_ZERO_TIME);
     g_autofree char *text = ferry_json_dump(token);
     return g_base64_encode((const guchar *)text, strlen(text));
 }

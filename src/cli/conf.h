@@ -59,7 +59,7 @@ FerryClient *cli_config_connect(CliConfig *config, const char *remote, GError **
  * Returns the decoded object after checking that the fields are there. */
 json_t *cli_token_decode(const char *token, GError **error);
 /* Encode an operation's token metadata as `incus config trust add` prints it. */
-char *cli_token_encode(const char *client_name, const char *fingerprint, json_t *addresses, const char *secret,
-                       const char *expires_at);
+char *cli_token_encode(const char *client_name, const char *fingerprint, json_t *addresses,
+                       const char *secret, const char *expires_at);
 
 G_END_DECLS

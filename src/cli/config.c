@@ -50,8 +50,9 @@ static json_t *target_get(ConfigTarget *target, GError **error)
 
 static gboolean target_put(ConfigTarget *target, json_t *current, GError **error)
 {
-    static const char *const server_writable[] = { "config", NULL };
-    g_autoptr(json_t) body = cli_writable(current, target->instance != NULL ? cli_instance_writable : server_writable);
+    static const char *const server_writable[] = {"config", NULL};
+    g_autoptr(json_t) body =
+        cli_writable(current, target->instance != NULL ? cli_instance_writable : server_writable);
     g_autoptr(json_t) result = ferry_client_run(target->client, "PUT", target->path, body, NULL, NULL, error);
     return result != NULL;
 }
@@ -70,13 +71,13 @@ static int cmd_get(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean expanded = FALSE;
     const CliOption options[] = {
-        { "expanded", 'e', CLI_OPT_BOOL, &expanded, NULL, "Access the expanded configuration" },
-        { NULL },
+        {"expanded", 'e', CLI_OPT_BOOL, &expanded, NULL, "Access the expanded configuration"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 2, error))
         return -1;
-    g_auto(ConfigTarget) target = { 0 };
+    g_auto(ConfigTarget) target = {0};
     if (!target_open(cli, args->len == 2 ? g_ptr_array_index(args, 0) : NULL, &target, error))
         return -1;
     g_autoptr(json_t) object = target_get(&target, error);
@@ -97,7 +98,7 @@ static int cmd_get(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_set(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, -1, error))
         return -1;
 
@@ -122,12 +123,13 @@ static int cmd_set(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) settings = json_object();
     guint remaining = args->len - first;
     if (remaining == 2 && strchr(g_ptr_array_index(args, first), '=') == NULL) {
-        json_object_set_new(settings, g_ptr_array_index(args, first), json_string(g_ptr_array_index(args, first + 1)));
+        json_object_set_new(settings, g_ptr_array_index(args, first),
+                            json_string(g_ptr_array_index(args, first + 1)));
     } else if (!cli_parse_key_values(args, first, settings, error)) {
         return -1;
     }
 
-    g_auto(ConfigTarget) target = { 0 };
+    g_auto(ConfigTarget) target = {0};
     if (!target_open(cli, raw_target, &target, error))
         return -1;
     g_autoptr(json_t) object = target_get(&target, error);
@@ -140,10 +142,10 @@ static int cmd_set(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_unset(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 2, error))
         return -1;
-    g_auto(ConfigTarget) target = { 0 };
+    g_auto(ConfigTarget) target = {0};
     if (!target_open(cli, args->len == 2 ? g_ptr_array_index(args, 0) : NULL, &target, error))
         return -1;
     g_autoptr(json_t) object = target_get(&target, error);
@@ -152,7 +154,8 @@ static int cmd_unset(Cli *cli, int argc, char **argv, GError **error)
     const char *key = g_ptr_array_index(args, args->len - 1);
     json_t *config = config_of(object);
     if (json_object_get(config, key) == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Can't unset key '%s', it's not currently set", key);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Can't unset key '%s', it's not currently set",
+                    key);
         return -1;
     }
     json_object_del(config, key);
@@ -162,7 +165,7 @@ static int cmd_unset(Cli *cli, int argc, char **argv, GError **error)
 static json_t *shown_view(ConfigTarget *target, json_t *object, gboolean expanded)
 {
     if (target->instance == NULL) {
-        static const char *const server_shown[] = { "config", NULL };
+        static const char *const server_shown[] = {"config", NULL};
         return cli_writable(object, server_shown);
     }
     if (strchr(target->instance, '/') != NULL)
@@ -183,13 +186,13 @@ static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean expanded = FALSE;
     const CliOption options[] = {
-        { "expanded", 'e', CLI_OPT_BOOL, &expanded, NULL, "Show the expanded configuration" },
-        { NULL },
+        {"expanded", 'e', CLI_OPT_BOOL, &expanded, NULL, "Show the expanded configuration"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
         return -1;
-    g_auto(ConfigTarget) target = { 0 };
+    g_auto(ConfigTarget) target = {0};
     if (!target_open(cli, args->len == 1 ? g_ptr_array_index(args, 0) : NULL, &target, error))
         return -1;
     g_autoptr(json_t) object = target_get(&target, error);
@@ -202,10 +205,10 @@ static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
         return -1;
-    g_auto(ConfigTarget) target = { 0 };
+    g_auto(ConfigTarget) target = {0};
     if (!target_open(cli, args->len == 1 ? g_ptr_array_index(args, 0) : NULL, &target, error))
         return -1;
     g_autoptr(json_t) object = target_get(&target, error);
@@ -226,7 +229,7 @@ static int cmd_device(Cli *cli, int argc, char **argv, GError **error)
 {
     const char *action = cli->command->name;
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error))
         return -1;
     guint min = 2, max = 2;
@@ -251,35 +254,36 @@ static int cmd_device(Cli *cli, int argc, char **argv, GError **error)
 }
 
 const CliCommand cli_config_device_commands[] = {
-    { "add", NULL, "[<remote>:]<instance> <device> <type> [key=value...]", "Add instance devices", NULL, cmd_device,
-      NULL },
-    { "get", NULL, "[<remote>:]<instance> <device> <key>", "Get values for device configuration keys", NULL,
-      cmd_device, NULL },
-    { "list", "ls", "[<remote>:]<instance>", "List instance devices", NULL, cmd_device, NULL },
-    { "override", NULL, "[<remote>:]<instance> <device> [key=value...]", "Copy profile inherited devices and "
-                                                                         "override configuration keys",
-      NULL, cmd_device, NULL },
-    { "remove", "rm", "[<remote>:]<instance> <name>...", "Remove instance devices", NULL, cmd_device, NULL },
-    { "set", NULL, "[<remote>:]<instance> <device> <key>=<value>...", "Set device configuration keys", NULL,
-      cmd_device, NULL },
-    { "show", NULL, "[<remote>:]<instance>", "Show full device configuration", NULL, cmd_device, NULL },
-    { "unset", NULL, "[<remote>:]<instance> <device> <key>", "Unset device configuration keys", NULL, cmd_device,
-      NULL },
-    { NULL },
+    {"add", NULL, "[<remote>:]<instance> <device> <type> [key=value...]", "Add instance devices", NULL,
+     cmd_device, NULL},
+    {"get", NULL, "[<remote>:]<instance> <device> <key>", "Get values for device configuration keys", NULL,
+     cmd_device, NULL},
+    {"list", "ls", "[<remote>:]<instance>", "List instance devices", NULL, cmd_device, NULL},
+    {"override", NULL, "[<remote>:]<instance> <device> [key=value...]",
+     "Copy profile inherited devices and "
+     "override configuration keys",
+     NULL, cmd_device, NULL},
+    {"remove", "rm", "[<remote>:]<instance> <name>...", "Remove instance devices", NULL, cmd_device, NULL},
+    {"set", NULL, "[<remote>:]<instance> <device> <key>=<value>...", "Set device configuration keys", NULL,
+     cmd_device, NULL},
+    {"show", NULL, "[<remote>:]<instance>", "Show full device configuration", NULL, cmd_device, NULL},
+    {"unset", NULL, "[<remote>:]<instance> <device> <key>", "Unset device configuration keys", NULL,
+     cmd_device, NULL},
+    {NULL},
 };
 
 const CliCommand cli_config_commands[] = {
-    { "device", NULL, NULL, "Manage devices", NULL, NULL, cli_config_device_commands },
-    { "edit", NULL, "[<remote>:][<instance>[/<snapshot>]]", "Edit instance or server configurations as YAML", NULL,
-      cmd_edit, NULL },
-    { "get", NULL, "[<remote>:][<instance>] <key>", "Get values for instance or server configuration keys", NULL,
-      cmd_get, NULL },
-    { "set", NULL, "[<remote>:][<instance>] <key>=<value>...", "Set instance or server configuration keys", NULL,
-      cmd_set, NULL },
-    { "show", NULL, "[<remote>:][<instance>[/<snapshot>]]", "Show instance or server configurations", NULL,
-      cmd_show, NULL },
-    { "trust", NULL, NULL, "Manage trusted clients", NULL, NULL, cli_config_trust_commands },
-    { "unset", NULL, "[<remote>:][<instance>] <key>", "Unset instance or server configuration keys", NULL,
-      cmd_unset, NULL },
-    { NULL },
+    {"device", NULL, NULL, "Manage devices", NULL, NULL, cli_config_device_commands},
+    {"edit", NULL, "[<remote>:][<instance>[/<snapshot>]]", "Edit instance or server configurations as YAML",
+     NULL, cmd_edit, NULL},
+    {"get", NULL, "[<remote>:][<instance>] <key>", "Get values for instance or server configuration keys",
+     NULL, cmd_get, NULL},
+    {"set", NULL, "[<remote>:][<instance>] <key>=<value>...", "Set instance or server configuration keys",
+     NULL, cmd_set, NULL},
+    {"show", NULL, "[<remote>:][<instance>[/<snapshot>]]", "Show instance or server configurations", NULL,
+     cmd_show, NULL},
+    {"trust", NULL, NULL, "Manage trusted clients", NULL, NULL, cli_config_trust_commands},
+    {"unset", NULL, "[<remote>:][<instance>] <key>", "Unset instance or server configuration keys", NULL,
+     cmd_unset, NULL},
+    {NULL},
 };

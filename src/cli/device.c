@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const cli_instance_writable[] = { "architecture", "config", "devices", "ephemeral", "profiles",
-                                              "stateful", "description", NULL };
-const char *const cli_profile_writable[] = { "config", "description", "devices", NULL };
+const char *const cli_instance_writable[] = {"architecture", "config",   "devices",     "ephemeral",
+                                             "profiles",     "stateful", "description", NULL};
+const char *const cli_profile_writable[] = {"config", "description", "devices", NULL};
 
 static int compare_names(gconstpointer a, gconstpointer b)
 {
@@ -19,13 +19,15 @@ static int compare_names(gconstpointer a, gconstpointer b)
 static gboolean parse_settings(GPtrArray *args, guint first, json_t *out, GError **error)
 {
     if (args->len == first + 2 && strchr(g_ptr_array_index(args, first), '=') == NULL) {
-        json_object_set_new(out, g_ptr_array_index(args, first), json_string(g_ptr_array_index(args, first + 1)));
+        json_object_set_new(out, g_ptr_array_index(args, first),
+                            json_string(g_ptr_array_index(args, first + 1)));
         return TRUE;
     }
     return cli_parse_key_values(args, first, out, error);
 }
 
-static gboolean store(FerryClient *client, const char *path, json_t *resource, gboolean profile, GError **error)
+static gboolean store(FerryClient *client, const char *path, json_t *resource, gboolean profile,
+                      GError **error)
 {
     g_autoptr(json_t) body = cli_writable(resource, profile ? cli_profile_writable : cli_instance_writable);
     g_autoptr(json_t) result = ferry_client_run(client, "PUT", path, body, NULL, NULL, error);
@@ -50,8 +52,7 @@ int cli_device_action(Cli *cli, FerryClient *client, const char *action, const c
         g_autoptr(GPtrArray) names = g_ptr_array_new();
         const char *name;
         json_t *value;
-        json_object_foreach(devices, name, value)
-            g_ptr_array_add(names, (gpointer)name);
+        json_object_foreach(devices, name, value) g_ptr_array_add(names, (gpointer)name);
         g_ptr_array_sort(names, compare_names);
         for (guint i = 0; i < names->len; i++)
             printf("%s\n", (char *)g_ptr_array_index(names, i));

@@ -89,7 +89,8 @@ static void stop_stdin(ExecSession *session)
 static void end_stdin(ExecSession *session)
 {
     SoupWebsocketConnection *ws = session->streams[0];
-    if (!session->stdin_ended && ws != NULL && soup_websocket_connection_get_state(ws) == SOUP_WEBSOCKET_STATE_OPEN)
+    if (!session->stdin_ended && ws != NULL &&
+        soup_websocket_connection_get_state(ws) == SOUP_WEBSOCKET_STATE_OPEN)
         soup_websocket_connection_send_text(ws, "");
     session->stdin_ended = TRUE;
     stop_stdin(session);
@@ -145,8 +146,8 @@ static void send_window_size(ExecSession *session)
         return;
     g_autofree char *w = g_strdup_printf("%d", width);
     g_autofree char *h = g_strdup_printf("%d", height);
-    g_autoptr(json_t) message = json_pack("{s:s, s:{s:s, s:s}}", "command", "window-resize", "args", "width", w,
-                                          "height", h);
+    g_autoptr(json_t) message =
+        json_pack("{s:s, s:{s:s, s:s}}", "command", "window-resize", "args", "width", w, "height", h);
     send_control(session, message);
 }
 
@@ -169,7 +170,7 @@ static gboolean on_signal(gpointer user_data)
 
 static void watch_signals(ExecSession *session, GMainContext *context)
 {
-    static const int forwarded[] = { SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH };
+    static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
     session->signal_sources = g_ptr_array_new_with_free_func((GDestroyNotify)g_source_unref);
     for (gsize i = 0; i < G_N_ELEMENTS(forwarded); i++) {
         if (forwarded[i] == SIGWINCH && !session->interactive)
@@ -241,17 +242,19 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
     gboolean force_interactive = FALSE, force_noninteractive = FALSE, disable_stdin = FALSE;
     int user = 0, group = 0;
     const CliOption options[] = {
-        { "cwd", 0, CLI_OPT_STRING, &cwd, "DIR", "Directory to run the command in (default /root)" },
-        { "disable-stdin", 'n', CLI_OPT_BOOL, &disable_stdin, NULL, "Disable stdin (reads from /dev/null)" },
-        { "env", 0, CLI_OPT_STRV, &env, "KEY=VALUE", "Environment variable to set (e.g. HOME=/home/foo)" },
-        { "force-interactive", 't', CLI_OPT_BOOL, &force_interactive, NULL, "Force pseudo-terminal allocation" },
-        { "force-noninteractive", 'T', CLI_OPT_BOOL, &force_noninteractive, NULL,
-          "Disable pseudo-terminal allocation" },
-        { "group", 0, CLI_OPT_INT, &group, "GID", "Group ID to run the command as (default 0)" },
-        { "mode", 0, CLI_OPT_STRING, &mode, "MODE", "Override the terminal mode (auto, interactive or "
-                                                    "non-interactive)" },
-        { "user", 0, CLI_OPT_INT, &user, "UID", "User ID to run the command as (default 0)" },
-        { NULL },
+        {"cwd", 0, CLI_OPT_STRING, &cwd, "DIR", "Directory to run the command in (default /root)"},
+        {"disable-stdin", 'n', CLI_OPT_BOOL, &disable_stdin, NULL, "Disable stdin (reads from /dev/null)"},
+        {"env", 0, CLI_OPT_STRV, &env, "KEY=VALUE", "Environment variable to set (e.g. HOME=/home/foo)"},
+        {"force-interactive", 't', CLI_OPT_BOOL, &force_interactive, NULL,
+         "Force pseudo-terminal allocation"},
+        {"force-noninteractive", 'T', CLI_OPT_BOOL, &force_noninteractive, NULL,
+         "Disable pseudo-terminal allocation"},
+        {"group", 0, CLI_OPT_INT, &group, "GID", "Group ID to run the command as (default 0)"},
+        {"mode", 0, CLI_OPT_STRING, &mode, "MODE",
+         "Override the terminal mode (auto, interactive or "
+         "non-interactive)"},
+        {"user", 0, CLI_OPT_INT, &user, "UID", "User ID to run the command as (default 0)"},
+        {NULL},
     };
     /* Flags are ferry's up to the first word after the instance name (or "--"); from there on everything
      * belongs to the command, so "ferry exec c1 ls -la" needs no "--" (Incus's does). */
@@ -289,7 +292,8 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     }
     if (mode != NULL && strcmp(mode, "auto") != 0 && (force_interactive || force_noninteractive)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "You can't pass -t or -T at the same time as --mode");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "You can't pass -t or -T at the same time as --mode");
         return -1;
     }
 
@@ -340,14 +344,15 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         operation = ferry_json_get_string(response->metadata, "id");
     json_t *fds = json_object_get(json_object_get(response->metadata, "metadata"), "fds");
     if (operation == NULL || !json_is_object(fds)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "The server's exec operation carries no websockets");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "The server's exec operation carries no websockets");
         return -1;
     }
 
     /* Follow the operation from now on: a failed command's exit status is only in its last event. */
     g_autoptr(FerryOperationWatch) watch = ferry_client_watch_operation(client, operation, NULL, NULL, TRUE);
 
-    ExecSession session = { 0 };
+    ExecSession session = {0};
     session.client = client;
     session.interactive = interactive;
     GMainContext *context = ferry_client_get_context(client);
@@ -370,7 +375,7 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     }
 
-    TerminalState terminal = { FALSE };
+    TerminalState terminal = {FALSE};
     if (interactive && stdin_tty && tcgetattr(STDIN_FILENO, &terminal.state) == 0) {
         struct termios raw = terminal.state;
         cfmakeraw(&raw);
@@ -391,7 +396,8 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
             end_stdin(&session);
         } else {
             session.stdin_source = g_unix_fd_source_new(STDIN_FILENO, G_IO_IN | G_IO_HUP | G_IO_ERR);
-            g_source_set_callback(session.stdin_source, (GSourceFunc)(void (*)(void))on_stdin, &session, NULL);
+            g_source_set_callback(session.stdin_source, (GSourceFunc)(void (*)(void))on_stdin, &session,
+                                  NULL);
             g_source_attach(session.stdin_source, context);
         }
         watch_signals(&session, context);

@@ -49,9 +49,9 @@ static int cmd_import(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) aliases = NULL;
     gboolean public = FALSE;
     const CliOption options[] = {
-        { "alias", 0, CLI_OPT_STRV, &aliases, "ALIAS", "New aliases to add to the image" },
-        { "public", 0, CLI_OPT_BOOL, &public, NULL, "Make image public" },
-        { NULL },
+        {"alias", 0, CLI_OPT_STRV, &aliases, "ALIAS", "New aliases to add to the image"},
+        {"public", 0, CLI_OPT_BOOL, &public, NULL, "Make image public"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 2, error))
@@ -78,17 +78,18 @@ static int cmd_import(Cli *cli, int argc, char **argv, GError **error)
         return -1;
 
     g_autofree char *filename = g_path_get_basename(tarball);
-    const char *headers[] = { "X-Incus-filename", filename, public ? "X-Incus-public" : NULL, "true", NULL };
+    const char *headers[] = {"X-Incus-filename", filename, public ? "X-Incus-public" : NULL, "true", NULL};
     g_autoptr(json_t) op = NULL;
     {
         g_autoptr(CliProgress) progress = cli_progress_new(cli, "Transferring image");
-        g_autoptr(FerryResponse) response = ferry_client_upload_file(client, "POST", "/1.0/images", tarball, headers,
-                                                                     cli_progress_update, progress, error);
+        g_autoptr(FerryResponse) response = ferry_client_upload_file(
+            client, "POST", "/1.0/images", tarball, headers, cli_progress_update, progress, error);
         if (response == NULL)
             return -1;
         const char *operation = response->operation ?: ferry_json_get_string(response->metadata, "id");
         if (operation == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "The server answered the upload without an operation");
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                        "The server answered the upload without an operation");
             return -1;
         }
         op = ferry_client_wait_operation(client, operation, cli_progress_update, progress, error);
@@ -103,7 +104,8 @@ static int cmd_import(Cli *cli, int argc, char **argv, GError **error)
     for (guint i = 0; aliases != NULL && i < aliases->len; i++) {
         g_autoptr(json_t) body = json_pack("{s:s, s:s, s:s}", "name", (char *)g_ptr_array_index(aliases, i),
                                            "target", fingerprint, "description", "");
-        g_autoptr(json_t) result = ferry_client_run(client, "POST", "/1.0/images/aliases", body, NULL, NULL, error);
+        g_autoptr(json_t) result =
+            ferry_client_run(client, "POST", "/1.0/images/aliases", body, NULL, NULL, error);
         if (result == NULL)
             return -1;
     }
@@ -117,7 +119,8 @@ static const char *shortest_alias(json_t *aliases)
     const char *best = NULL;
     gsize i;
     json_t *alias;
-    json_array_foreach(aliases, i, alias) {
+    json_array_foreach(aliases, i, alias)
+    {
         const char *name = ferry_json_get_string(alias, "name");
         if (name != NULL && (best == NULL || strlen(name) < strlen(best)))
             best = name;
@@ -129,8 +132,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error))
@@ -154,7 +157,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) shown = json_array();
     gsize i;
     json_t *image;
-    json_array_foreach(images, i, image) {
+    json_array_foreach(images, i, image)
+    {
         const char *fingerprint = ferry_json_get_string(image, "fingerprint") ?: "";
         json_t *aliases = json_object_get(image, "aliases");
         gboolean keep = first_filter >= args->len;
@@ -164,43 +168,45 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
             json_t *alias;
             if (g_str_has_prefix(fingerprint, filter))
                 keep = TRUE;
-            json_array_foreach(aliases, a, alias)
-                if (g_str_has_prefix(ferry_json_get_string(alias, "name") ?: "", filter))
-                    keep = TRUE;
+            json_array_foreach(
+                aliases, a, alias) if (g_str_has_prefix(ferry_json_get_string(alias, "name") ?: "", filter))
+                keep = TRUE;
         }
         if (!keep)
             continue;
         json_array_append(shown, image);
         const char *alias = shortest_alias(aliases);
-        g_autofree char *alias_text = alias == NULL ? g_strdup("")
-                                      : json_array_size(aliases) > 1
-                                          ? g_strdup_printf("%s (%zu more)", alias, json_array_size(aliases) - 1)
-                                          : g_strdup(alias);
+        g_autofree char *alias_text =
+            alias == NULL ? g_strdup("")
+            : json_array_size(aliases) > 1
+                ? g_strdup_printf("%s (%zu more)", alias, json_array_size(aliases) - 1)
+                : g_strdup(alias);
         g_autofree char *short_fp = g_strndup(fingerprint, 12);
         g_autofree char *type = g_ascii_strup(ferry_json_get_string(image, "type") ?: "container", -1);
-        g_autofree char *size = g_strdup_printf("%.2fMiB", (double)json_integer_value(json_object_get(image, "size"))
-                                                               / 1024.0 / 1024.0);
+        g_autofree char *size = g_strdup_printf(
+            "%.2fMiB", (double)json_integer_value(json_object_get(image, "size")) / 1024.0 / 1024.0);
         g_autofree char *uploaded = cli_format_date(ferry_json_get_string(image, "uploaded_at"));
         cli_rows_add(rows, alias_text, short_fp, ferry_json_get_bool(image, "public", FALSE) ? "yes" : "no",
                      ferry_json_get_string(json_object_get(image, "properties"), "description") ?: "",
                      ferry_json_get_string(image, "architecture") ?: "", type, size, uploaded, NULL);
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "ALIAS", "FINGERPRINT", "PUBLIC", "DESCRIPTION", "ARCHITECTURE", "TYPE",
-                                           "SIZE", "UPLOAD DATE", NULL };
+    static const char *const headers[] = {
+        "ALIAS", "FINGERPRINT", "PUBLIC", "DESCRIPTION", "ARCHITECTURE", "TYPE", "SIZE", "UPLOAD DATE", NULL};
     return cli_print_list(format, headers, rows, shown, error) ? 0 : -1;
 }
 
 static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autoptr(json_t) image = get_image(cli, g_ptr_array_index(args, 0), NULL, error);
     if (image == NULL)
         return -1;
-    static const char *const shown[] = { "auto_update", "properties", "public", "expires_at", "profiles", NULL };
+    static const char *const shown[] = {"auto_update", "properties", "public",
+                                        "expires_at",  "profiles",   NULL};
     g_autoptr(json_t) view = cli_writable(image, shown);
     return cli_print_yaml(view, error) ? 0 : -1;
 }
@@ -219,7 +225,7 @@ static void print_date(const char *label, json_t *image, const char *key, const 
 static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autoptr(json_t) image = get_image(cli, g_ptr_array_index(args, 0), NULL, error);
@@ -241,8 +247,7 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
         g_autoptr(GPtrArray) keys = g_ptr_array_new();
         const char *key;
         json_t *value;
-        json_object_foreach(properties, key, value)
-            g_ptr_array_add(keys, (gpointer)key);
+        json_object_foreach(properties, key, value) g_ptr_array_add(keys, (gpointer)key);
         g_ptr_array_sort(keys, compare_keys);
         for (guint i = 0; i < keys->len; i++)
             printf("    %s: %s\n", (char *)g_ptr_array_index(keys, i),
@@ -251,7 +256,8 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
     printf("Aliases:\n");
     gsize i;
     json_t *alias;
-    json_array_foreach(json_object_get(image, "aliases"), i, alias) {
+    json_array_foreach(json_object_get(image, "aliases"), i, alias)
+    {
         const char *description = ferry_json_get_string(alias, "description");
         if (description != NULL && *description)
             printf("    - %s (%s)\n", ferry_json_get_string(alias, "name"), description);
@@ -267,8 +273,7 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
         } else {
             printf("Profiles:\n");
             json_t *profile;
-            json_array_foreach(profiles, i, profile)
-                printf("    - %s\n", json_string_value(profile));
+            json_array_foreach(profiles, i, profile) printf("    - %s\n", json_string_value(profile));
         }
     }
     return 0;
@@ -277,7 +282,7 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, -1, error))
         return -1;
     for (guint i = 0; i < args->len; i++) {
@@ -300,8 +305,8 @@ static int cmd_alias_create(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *description = NULL;
     const CliOption options[] = {
-        { "description", 0, CLI_OPT_STRING, &description, "TEXT", "Image alias description" },
-        { NULL },
+        {"description", 0, CLI_OPT_STRING, &description, "TEXT", "Image alias description"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
@@ -315,14 +320,15 @@ static int cmd_alias_create(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     g_autoptr(json_t) body = json_pack("{s:s, s:s, s:s}", "name", alias, "target", fingerprint, "description",
                                        description != NULL ? description : "");
-    g_autoptr(json_t) result = ferry_client_run(client, "POST", "/1.0/images/aliases", body, NULL, NULL, error);
+    g_autoptr(json_t) result =
+        ferry_client_run(client, "POST", "/1.0/images/aliases", body, NULL, NULL, error);
     return result != NULL ? 0 : -1;
 }
 
 static int cmd_alias_delete(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *alias = NULL;
@@ -337,7 +343,7 @@ static int cmd_alias_delete(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_alias_rename(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *alias = NULL;
@@ -354,8 +360,8 @@ static int cmd_alias_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error))
@@ -378,7 +384,8 @@ static int cmd_alias_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *alias;
-    json_array_foreach(aliases, i, alias) {
+    json_array_foreach(aliases, i, alias)
+    {
         const char *name = ferry_json_get_string(alias, "name") ?: "";
         gboolean keep = first_filter >= args->len;
         for (guint f = first_filter; f < args->len; f++)
@@ -390,26 +397,26 @@ static int cmd_alias_list(Cli *cli, int argc, char **argv, GError **error)
         cli_rows_add(rows, name, short_fp, type, ferry_json_get_string(alias, "description") ?: "", NULL);
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "ALIAS", "FINGERPRINT", "TYPE", "DESCRIPTION", NULL };
+    static const char *const headers[] = {"ALIAS", "FINGERPRINT", "TYPE", "DESCRIPTION", NULL};
     return cli_print_list(format, headers, rows, aliases, error) ? 0 : -1;
 }
 
 const CliCommand cli_image_alias_commands[] = {
-    { "create", NULL, "[<remote>:]<alias> <fingerprint>", "Create aliases for existing images", NULL,
-      cmd_alias_create, NULL },
-    { "delete", "rm", "[<remote>:]<alias>", "Delete image aliases", NULL, cmd_alias_delete, NULL },
-    { "list", "ls", "[<remote>:] [<filters>...]", "List image aliases", NULL, cmd_alias_list, NULL },
-    { "rename", "mv", "[<remote>:]<alias> <new-name>", "Rename aliases", NULL, cmd_alias_rename, NULL },
-    { NULL },
+    {"create", NULL, "[<remote>:]<alias> <fingerprint>", "Create aliases for existing images", NULL,
+     cmd_alias_create, NULL},
+    {"delete", "rm", "[<remote>:]<alias>", "Delete image aliases", NULL, cmd_alias_delete, NULL},
+    {"list", "ls", "[<remote>:] [<filters>...]", "List image aliases", NULL, cmd_alias_list, NULL},
+    {"rename", "mv", "[<remote>:]<alias> <new-name>", "Rename aliases", NULL, cmd_alias_rename, NULL},
+    {NULL},
 };
 
 const CliCommand cli_image_commands[] = {
-    { "alias", NULL, NULL, "Manage image aliases", NULL, NULL, cli_image_alias_commands },
-    { "delete", "rm", "[<remote>:]<image> [[<remote>:]<image>...]", "Delete images", NULL, cmd_delete, NULL },
-    { "import", NULL, "<tarball> [<remote>:] [--alias ALIAS]", "Import images into the image store",
-      "The tarball holds metadata.yaml and rootfs/ (a unified image).", cmd_import, NULL },
-    { "info", NULL, "[<remote>:]<image>", "Show useful information about images", NULL, cmd_info, NULL },
-    { "list", "ls", "[<remote>:] [<filter>...]", "List images", NULL, cmd_list, NULL },
-    { "show", NULL, "[<remote>:]<image>", "Show image properties", NULL, cmd_show, NULL },
-    { NULL },
+    {"alias", NULL, NULL, "Manage image aliases", NULL, NULL, cli_image_alias_commands},
+    {"delete", "rm", "[<remote>:]<image> [[<remote>:]<image>...]", "Delete images", NULL, cmd_delete, NULL},
+    {"import", NULL, "<tarball> [<remote>:] [--alias ALIAS]", "Import images into the image store",
+     "The tarball holds metadata.yaml and rootfs/ (a unified image).", cmd_import, NULL},
+    {"info", NULL, "[<remote>:]<image>", "Show useful information about images", NULL, cmd_info, NULL},
+    {"list", "ls", "[<remote>:] [<filter>...]", "List images", NULL, cmd_list, NULL},
+    {"show", NULL, "[<remote>:]<image>", "Show image properties", NULL, cmd_show, NULL},
+    {NULL},
 };

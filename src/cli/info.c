@@ -30,8 +30,7 @@ static void print_network(json_t *network)
     g_autoptr(GPtrArray) names = g_ptr_array_new();
     const char *name;
     json_t *net;
-    json_object_foreach(network, name, net)
-        g_ptr_array_add(names, (gpointer)name);
+    json_object_foreach(network, name, net) g_ptr_array_add(names, (gpointer)name);
     g_ptr_array_sort(names, compare_keys);
     if (names->len == 0)
         return;
@@ -41,7 +40,8 @@ static void print_network(json_t *network)
         net = json_object_get(network, name);
         json_t *counters = json_object_get(net, "counters");
         g_autofree char *state = g_ascii_strup(ferry_json_get_string(net, "state") ?: "", -1);
-        printf("    %s:\n      Type: %s\n      State: %s\n", name, ferry_json_get_string(net, "type") ?: "", state);
+        printf("    %s:\n      Type: %s\n      State: %s\n", name, ferry_json_get_string(net, "type") ?: "",
+               state);
         const char *host = ferry_json_get_string(net, "host_name");
         if (host != NULL && *host)
             printf("      Host interface: %s\n", host);
@@ -58,10 +58,12 @@ static void print_network(json_t *network)
         printf("      IP addresses:\n");
         gsize a;
         json_t *address;
-        json_array_foreach(json_object_get(net, "addresses"), a, address) {
+        json_array_foreach(json_object_get(net, "addresses"), a, address)
+        {
             const char *family = ferry_json_get_string(address, "family") ?: "";
             printf("        %s:%s%s/%s (%s)\n", family, strcmp(family, "inet") == 0 ? "  " : " ",
-                   ferry_json_get_string(address, "address") ?: "", ferry_json_get_string(address, "netmask") ?: "",
+                   ferry_json_get_string(address, "address") ?: "",
+                   ferry_json_get_string(address, "netmask") ?: "",
                    ferry_json_get_string(address, "scope") ?: "");
         }
     }
@@ -74,7 +76,8 @@ static void print_resources(json_t *state)
     g_autoptr(GString) disks = g_string_new(NULL);
     const char *name;
     json_t *disk;
-    json_object_foreach(json_object_get(state, "disk"), name, disk) {
+    json_object_foreach(json_object_get(state, "disk"), name, disk)
+    {
         if (member_int(disk, "usage") != 0) {
             g_autofree char *usage = cli_format_size(member_int(disk, "usage"), TRUE, 2);
             g_string_append_printf(disks, "    %s: %s\n", name, usage);
@@ -92,10 +95,10 @@ static void print_resources(json_t *state)
         const char *key;
         const char *label;
     } memory_lines[] = {
-        { "usage", "Memory (current)" },
-        { "usage_peak", "Memory (peak)" },
-        { "swap_usage", "Swap (current)" },
-        { "swap_usage_peak", "Swap (peak)" },
+        {"usage", "Memory (current)"},
+        {"usage_peak", "Memory (peak)"},
+        {"swap_usage", "Swap (current)"},
+        {"swap_usage_peak", "Swap (peak)"},
     };
     g_autoptr(GString) memory_text = g_string_new(NULL);
     for (gsize i = 0; i < G_N_ELEMENTS(memory_lines); i++) {
@@ -121,7 +124,8 @@ static gboolean print_snapshots(json_t *snapshots, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *snapshot;
-    json_array_foreach(snapshots, i, snapshot) {
+    json_array_foreach(snapshots, i, snapshot)
+    {
         const char *full = ferry_json_get_string(snapshot, "name") ?: "";
         const char *slash = strrchr(full, '/');
         g_autofree char *taken = cli_format_date(ferry_json_get_string(snapshot, "created_at"));
@@ -129,7 +133,7 @@ static gboolean print_snapshots(json_t *snapshots, GError **error)
         cli_rows_add(rows, slash != NULL ? slash + 1 : full, *taken ? taken : " ", *expires ? expires : " ",
                      ferry_json_get_bool(snapshot, "stateful", FALSE) ? "YES" : "NO", NULL);
     }
-    static const char *const headers[] = { "NAME", "TAKEN AT", "EXPIRES AT", "STATEFUL", NULL };
+    static const char *const headers[] = {"NAME", "TAKEN AT", "EXPIRES AT", "STATEFUL", NULL};
     return cli_print_list("table", headers, rows, snapshots, error);
 }
 
@@ -187,16 +191,17 @@ int cli_cmd_info(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean show_log = FALSE, resources = FALSE;
     const CliOption options[] = {
-        { "show-log", 0, CLI_OPT_BOOL, &show_log, NULL, "Show the instance's last 100 log lines?" },
-        { "resources", 0, CLI_OPT_BOOL, &resources, NULL, "Show the resources available to the server" },
-        { NULL },
+        {"show-log", 0, CLI_OPT_BOOL, &show_log, NULL, "Show the instance's last 100 log lines?"},
+        {"resources", 0, CLI_OPT_BOOL, &resources, NULL, "Show the resources available to the server"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
         return -1;
     g_autofree char *name = NULL;
-    g_autoptr(FerryClient) client = args->len > 0 ? cli_connect_name(cli, g_ptr_array_index(args, 0), &name, error)
-                                                  : cli_connect(cli, NULL, error);
+    g_autoptr(FerryClient) client = args->len > 0
+                                        ? cli_connect_name(cli, g_ptr_array_index(args, 0), &name, error)
+                                        : cli_connect(cli, NULL, error);
     if (client == NULL)
         return -1;
     if (name != NULL && *name != '\0')

@@ -10,14 +10,16 @@
 static char *random_instance_name(void)
 {
     static const char *const adjectives[] = {
-        "able", "bold", "brave", "bright", "calm", "clever", "crisp", "eager", "fair", "fancy", "fast", "fine",
-        "glad", "grand", "happy", "keen", "kind", "lively", "lucky", "merry", "neat", "noble", "proud", "quick",
-        "quiet", "rapid", "sharp", "smart", "steady", "sunny", "swift", "tidy", "vast", "warm", "wise", "witty",
+        "able",  "bold",   "brave", "bright", "calm",  "clever", "crisp", "eager", "fair",
+        "fancy", "fast",   "fine",  "glad",   "grand", "happy",  "keen",  "kind",  "lively",
+        "lucky", "merry",  "neat",  "noble",  "proud", "quick",  "quiet", "rapid", "sharp",
+        "smart", "steady", "sunny", "swift",  "tidy",  "vast",   "warm",  "wise",  "witty",
     };
     static const char *const animals[] = {
-        "badger", "beaver", "bison", "camel", "condor", "crane", "dingo", "eagle", "falcon", "ferret", "gecko",
-        "heron", "ibex", "jackal", "koala", "lemur", "lobster", "lynx", "marmot", "moose", "narwhal", "otter",
-        "panda", "puffin", "quail", "raven", "salmon", "seal", "sparrow", "tapir", "toucan", "walrus", "wombat",
+        "badger", "beaver",  "bison",   "camel",  "condor", "crane",  "dingo", "eagle",   "falcon",
+        "ferret", "gecko",   "heron",   "ibex",   "jackal", "koala",  "lemur", "lobster", "lynx",
+        "marmot", "moose",   "narwhal", "otter",  "panda",  "puffin", "quail", "raven",   "salmon",
+        "seal",   "sparrow", "tapir",   "toucan", "walrus", "wombat",
     };
     return g_strdup_printf("%s-%s", adjectives[g_random_int_range(0, G_N_ELEMENTS(adjectives))],
                            animals[g_random_int_range(0, G_N_ELEMENTS(animals))]);
@@ -29,7 +31,8 @@ static json_t *profile_devices(FerryClient *client, json_t *profiles, GError **e
     g_autoptr(json_t) devices = json_object();
     gsize i;
     json_t *name;
-    json_array_foreach(profiles, i, name) {
+    json_array_foreach(profiles, i, name)
+    {
         g_autofree char *path = ferry_api_path("profiles", json_string_value(name), NULL);
         g_autoptr(json_t) profile = ferry_client_get(client, path, NULL, error);
         if (profile == NULL)
@@ -45,7 +48,8 @@ static const char *root_disk_name(json_t *devices)
 {
     const char *name;
     json_t *device;
-    json_object_foreach(devices, name, device) {
+    json_object_foreach(devices, name, device)
+    {
         if (g_strcmp0(ferry_json_get_string(device, "type"), "disk") == 0 &&
             g_strcmp0(ferry_json_get_string(device, "path"), "/") == 0 &&
             ferry_json_get_string(device, "source") == NULL)
@@ -62,8 +66,9 @@ static gboolean apply_device_overrides(GPtrArray *overrides, json_t *profile_dev
         g_auto(GStrv) fields = g_strsplit(g_ptr_array_index(overrides, i), ",", -1);
         const char *name = fields[0];
         if (fields[1] == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Bad device override syntax, expecting "
-                                                                 "<device>,<key>=<value>: %s",
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Bad device override syntax, expecting "
+                        "<device>,<key>=<value>: %s",
                         (char *)g_ptr_array_index(overrides, i));
             return FALSE;
         }
@@ -72,7 +77,8 @@ static gboolean apply_device_overrides(GPtrArray *overrides, json_t *profile_dev
             json_t *from_profile = json_object_get(profile_devs, name);
             if (from_profile == NULL) {
                 g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                            "Cannot override config for device \"%s\": Device not found in profile devices", name);
+                            "Cannot override config for device \"%s\": Device not found in profile devices",
+                            name);
                 return FALSE;
             }
             device = json_deep_copy(from_profile);
@@ -136,17 +142,18 @@ static int create_instance(Cli *cli, int argc, char **argv, gboolean launch, GEr
     g_autofree char *description = NULL;
     gboolean no_profiles = FALSE, empty = FALSE, ephemeral = FALSE, vm = FALSE;
     const CliOption options[] = {
-        { "config", 'c', CLI_OPT_STRV, &config, "KEY=VALUE", "Config key/value to apply to the new instance" },
-        { "device", 'd', CLI_OPT_STRV, &device_overrides, "DEV,KEY=VALUE", "New key/value to apply to a "
-                                                                           "specific device" },
-        { "description", 0, CLI_OPT_STRING, &description, "TEXT", "Instance description" },
-        { "empty", 0, CLI_OPT_BOOL, &empty, NULL, "Create an empty instance" },
-        { "ephemeral", 'e', CLI_OPT_BOOL, &ephemeral, NULL, "Ephemeral instance" },
-        { "no-profiles", 0, CLI_OPT_BOOL, &no_profiles, NULL, "Create the instance with no profiles applied" },
-        { "profile", 'p', CLI_OPT_STRV, &profiles, "PROFILE", "Profile to apply to the new instance" },
-        { "storage", 's', CLI_OPT_STRING, &storage, "POOL", "Storage pool name" },
-        { "vm", 0, CLI_OPT_BOOL, &vm, NULL, "Create a virtual machine" },
-        { NULL },
+        {"config", 'c', CLI_OPT_STRV, &config, "KEY=VALUE", "Config key/value to apply to the new instance"},
+        {"device", 'd', CLI_OPT_STRV, &device_overrides, "DEV,KEY=VALUE",
+         "New key/value to apply to a "
+         "specific device"},
+        {"description", 0, CLI_OPT_STRING, &description, "TEXT", "Instance description"},
+        {"empty", 0, CLI_OPT_BOOL, &empty, NULL, "Create an empty instance"},
+        {"ephemeral", 'e', CLI_OPT_BOOL, &ephemeral, NULL, "Ephemeral instance"},
+        {"no-profiles", 0, CLI_OPT_BOOL, &no_profiles, NULL, "Create the instance with no profiles applied"},
+        {"profile", 'p', CLI_OPT_STRV, &profiles, "PROFILE", "Profile to apply to the new instance"},
+        {"storage", 's', CLI_OPT_STRING, &storage, "POOL", "Storage pool name"},
+        {"vm", 0, CLI_OPT_BOOL, &vm, NULL, "Create a virtual machine"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error))
@@ -162,7 +169,8 @@ static int create_instance(Cli *cli, int argc, char **argv, gboolean launch, GEr
     g_autofree char *image_remote = NULL, *image = NULL, *remote = NULL, *name = NULL;
     const char *target = empty ? (args->len > 0 ? g_ptr_array_index(args, 0) : NULL)
                                : (args->len > 1 ? g_ptr_array_index(args, 1) : NULL);
-    if (!empty && !cli_config_parse_remote(cli->config, g_ptr_array_index(args, 0), &image_remote, &image, error))
+    if (!empty &&
+        !cli_config_parse_remote(cli->config, g_ptr_array_index(args, 0), &image_remote, &image, error))
         return -1;
     if (target != NULL) {
         if (!cli_config_parse_remote(cli->config, target, &remote, &name, error))
@@ -173,7 +181,8 @@ static int create_instance(Cli *cli, int argc, char **argv, gboolean launch, GEr
     if (image_remote != NULL && strcmp(image_remote, remote) != 0) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
                     "Creating an instance from an image on another remote (%s) isn't supported yet; "
-                    "import the image on %s first", image_remote, remote);
+                    "import the image on %s first",
+                    image_remote, remote);
         return -1;
     }
     gboolean generated = name == NULL || *name == '\0';
@@ -220,8 +229,9 @@ static int create_instance(Cli *cli, int argc, char **argv, gboolean launch, GEr
             if (root == NULL)
                 root = root_disk_name(from_profiles);
             if (root == NULL) {
-                json_object_set_new(devices, "root",
-                                    json_pack("{s:s, s:s, s:s}", "type", "disk", "path", "/", "pool", storage));
+                json_object_set_new(
+                    devices, "root",
+                    json_pack("{s:s, s:s, s:s}", "type", "disk", "path", "/", "pool", storage));
             } else {
                 json_t *device = json_object_get(devices, root);
                 if (device == NULL) {
@@ -252,8 +262,8 @@ static int create_instance(Cli *cli, int argc, char **argv, gboolean launch, GEr
     }
     {
         g_autoptr(CliProgress) progress = cli_progress_new(cli, "Retrieving image");
-        g_autoptr(json_t) op = ferry_client_run(client, "POST", "/1.0/instances", body, cli_progress_update,
-                                                progress, error);
+        g_autoptr(json_t) op =
+            ferry_client_run(client, "POST", "/1.0/instances", body, cli_progress_update, progress, error);
         if (op == NULL)
             return -1;
     }
@@ -284,15 +294,15 @@ static int state_verb(Cli *cli, int argc, char **argv, const char *action, GErro
     gboolean all = FALSE, force = FALSE, stateful = FALSE, stateless = FALSE;
     int timeout = -1;
     CliOption options[] = {
-        { "all", 0, CLI_OPT_BOOL, &all, NULL, "Run against all instances" },
-        { "stateful", 0, CLI_OPT_BOOL, &stateful, NULL, "Store the instance state" },
-        { "stateless", 0, CLI_OPT_BOOL, &stateless, NULL, "Ignore the instance state" },
-        { "force", 'f', CLI_OPT_BOOL, &force, NULL, "Force the instance to stop" },
-        { "timeout", 0, CLI_OPT_INT, &timeout, "SECONDS", "Time to wait for the instance to shutdown cleanly" },
-        { NULL },
+        {"all", 0, CLI_OPT_BOOL, &all, NULL, "Run against all instances"},
+        {"stateful", 0, CLI_OPT_BOOL, &stateful, NULL, "Store the instance state"},
+        {"stateless", 0, CLI_OPT_BOOL, &stateless, NULL, "Ignore the instance state"},
+        {"force", 'f', CLI_OPT_BOOL, &force, NULL, "Force the instance to stop"},
+        {"timeout", 0, CLI_OPT_INT, &timeout, "SECONDS", "Time to wait for the instance to shutdown cleanly"},
+        {NULL},
     };
     if (strcmp(action, "start") == 0)
-        options[3] = options[4] = (CliOption){ NULL };
+        options[3] = options[4] = (CliOption){NULL};
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error))
         return -1;
@@ -313,13 +323,15 @@ static int state_verb(Cli *cli, int argc, char **argv, const char *action, GErro
             return -1;
         gsize i;
         json_t *instance;
-        json_array_foreach(instances, i, instance) {
+        json_array_foreach(instances, i, instance)
+        {
             const char *status = ferry_json_get_string(instance, "status");
             gboolean running = g_strcmp0(status, "Running") == 0;
             if ((strcmp(action, "start") == 0 && running) || (strcmp(action, "stop") == 0 && !running))
                 continue;
-            g_ptr_array_add(targets, g_strdup_printf("%s%s%s", remote != NULL ? remote : "", remote ? ":" : "",
-                                                     ferry_json_get_string(instance, "name")));
+            g_ptr_array_add(targets,
+                            g_strdup_printf("%s%s%s", remote != NULL ? remote : "", remote ? ":" : "",
+                                            ferry_json_get_string(instance, "name")));
         }
     } else {
         for (guint i = 0; i < args->len; i++)
@@ -330,7 +342,8 @@ static int state_verb(Cli *cli, int argc, char **argv, const char *action, GErro
     for (guint i = 0; i < targets->len; i++) {
         g_autoptr(GError) local_error = NULL;
         g_autofree char *name = NULL;
-        g_autoptr(FerryClient) client = cli_connect_name(cli, g_ptr_array_index(targets, i), &name, &local_error);
+        g_autoptr(FerryClient) client =
+            cli_connect_name(cli, g_ptr_array_index(targets, i), &name, &local_error);
         if (client != NULL)
             change_state(cli, client, name, action, timeout, force, stateful && !stateless, &local_error);
         if (local_error != NULL) {
@@ -338,7 +351,8 @@ static int state_verb(Cli *cli, int argc, char **argv, const char *action, GErro
                 g_propagate_error(error, g_steal_pointer(&local_error));
                 return -1;
             }
-            g_string_append_printf(failures, "\n%s: %s", name != NULL ? name : (char *)g_ptr_array_index(targets, i),
+            g_string_append_printf(failures, "\n%s: %s",
+                                   name != NULL ? name : (char *)g_ptr_array_index(targets, i),
                                    local_error->message);
         }
     }
@@ -415,9 +429,9 @@ int cli_cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean force = FALSE, interactive = FALSE;
     const CliOption options[] = {
-        { "force", 'f', CLI_OPT_BOOL, &force, NULL, "Force the removal of running instances" },
-        { "interactive", 'i', CLI_OPT_BOOL, &interactive, NULL, "Require user confirmation" },
-        { NULL },
+        {"force", 'f', CLI_OPT_BOOL, &force, NULL, "Force the removal of running instances"},
+        {"interactive", 'i', CLI_OPT_BOOL, &interactive, NULL, "Require user confirmation"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, -1, error))
@@ -432,7 +446,7 @@ int cli_cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 int cli_cmd_rename(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *remote = NULL, *old_name = NULL, *new_remote = NULL, *new_name = NULL;
@@ -450,13 +464,15 @@ int cli_cmd_rename(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *instance = NULL, *snapshot = NULL, *new_instance = NULL, *new_snapshot = NULL;
     cli_split_snapshot(old_name, &instance, &snapshot);
     cli_split_snapshot(new_name, &new_instance, &new_snapshot);
-    if ((snapshot == NULL) != (new_snapshot == NULL) || (snapshot != NULL && strcmp(instance, new_instance) != 0)) {
+    if ((snapshot == NULL) != (new_snapshot == NULL) ||
+        (snapshot != NULL && strcmp(instance, new_instance) != 0)) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                     "Renaming a snapshot needs the same instance on both sides (c1/snap0 c1/snap1)");
         return -1;
     }
-    g_autofree char *path = snapshot != NULL ? ferry_api_path("instances", instance, "snapshots", snapshot, NULL)
-                                             : ferry_api_path("instances", instance, NULL);
+    g_autofree char *path = snapshot != NULL
+                                ? ferry_api_path("instances", instance, "snapshots", snapshot, NULL)
+                                : ferry_api_path("instances", instance, NULL);
     g_autoptr(json_t) body = json_pack("{s:s}", "name", snapshot != NULL ? new_snapshot : new_instance);
     g_autoptr(json_t) op = ferry_client_run(client, "POST", path, body, NULL, NULL, error);
     return op != NULL ? 0 : -1;
@@ -466,9 +482,10 @@ int cli_cmd_restore(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean stateful = FALSE;
     const CliOption options[] = {
-        { "stateful", 0, CLI_OPT_BOOL, &stateful, NULL, "Whether or not to restore the instance's running state "
-                                                        "from snapshot (if available)" },
-        { NULL },
+        {"stateful", 0, CLI_OPT_BOOL, &stateful, NULL,
+         "Whether or not to restore the instance's running state "
+         "from snapshot (if available)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))

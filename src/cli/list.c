@@ -23,18 +23,21 @@ static char *addresses(json_t *instance, const char *family)
     g_autoptr(GPtrArray) found = g_ptr_array_new_with_free_func(g_free);
     const char *iface;
     json_t *net;
-    json_object_foreach(network, iface, net) {
+    json_object_foreach(network, iface, net)
+    {
         if (g_strcmp0(ferry_json_get_string(net, "type"), "loopback") == 0)
             continue;
         gsize i;
         json_t *address;
-        json_array_foreach(json_object_get(net, "addresses"), i, address) {
+        json_array_foreach(json_object_get(net, "addresses"), i, address)
+        {
             const char *scope = ferry_json_get_string(address, "scope");
             if (g_strcmp0(scope, "link") == 0 || g_strcmp0(scope, "local") == 0)
                 continue;
             if (g_strcmp0(ferry_json_get_string(address, "family"), family) != 0)
                 continue;
-            g_ptr_array_add(found, g_strdup_printf("%s (%s)", ferry_json_get_string(address, "address"), iface));
+            g_ptr_array_add(found,
+                            g_strdup_printf("%s (%s)", ferry_json_get_string(address, "address"), iface));
         }
     }
     g_ptr_array_sort(found, compare_strings_desc);
@@ -92,7 +95,8 @@ static char *column_value(char column, json_t *instance)
         json_t *devices = json_object_get(instance, "expanded_devices");
         const char *name;
         json_t *device;
-        json_object_foreach(devices, name, device) {
+        json_object_foreach(devices, name, device)
+        {
             if (g_strcmp0(ferry_json_get_string(device, "type"), "disk") == 0 &&
                 g_strcmp0(ferry_json_get_string(device, "path"), "/") == 0)
                 return g_strdup(ferry_json_get_string(device, "pool") ?: "");
@@ -131,41 +135,47 @@ static char *column_value(char column, json_t *instance)
 static const char *column_header(char column)
 {
     switch (column) {
-    case 'n': return "NAME";
-    case 's': return "STATE";
-    case '4': return "IPV4";
-    case '6': return "IPV6";
-    case 't': return "TYPE";
-    case 'S': return "SNAPSHOTS";
-    case 'L': return "LOCATION";
-    case 'e': return "PROJECT";
-    case 'd': return "DESCRIPTION";
-    case 'c': return "CREATED AT";
-    case 'l': return "LAST USED AT";
-    case 'p': return "PID";
-    case 'P': return "PROFILES";
-    case 'b': return "STORAGE POOL";
-    case 'f': return "BASE IMAGE";
-    case 'F': return "BASE IMAGE";
-    case 'm': return "MEMORY USAGE";
-    case 'D': return "DISK USAGE";
-    case 'u': return "CPU USAGE";
-    default: return NULL;
+    case 'n':
+        return "NAME";
+    case 's':
+        return "STATE";
+    case '4':
+        return "IPV4";
+    case '6':
+        return "IPV6";
+    case 't':
+        return "TYPE";
+    case 'S':
+        return "SNAPSHOTS";
+    case 'L':
+        return "LOCATION";
+    case 'e':
+        return "PROJECT";
+    case 'd':
+        return "DESCRIPTION";
+    case 'c':
+        return "CREATED AT";
+    case 'l':
+        return "LAST USED AT";
+    case 'p':
+        return "PID";
+    case 'P':
+        return "PROFILES";
+    case 'b':
+        return "STORAGE POOL";
+    case 'f':
+        return "BASE IMAGE";
+    case 'F':
+        return "BASE IMAGE";
+    case 'm':
+        return "MEMORY USAGE";
+    case 'D':
+        return "DISK USAGE";
+    case 'u':
+        return "CPU USAGE";
+    default:
+        return NULL;
     }
-}
-
-gboolean cli_list_columns_check(const char *columns, GError **error)
-{
-    for (const char *c = columns; *c != '\0'; c++) {
-        if (*c == ',')
-            continue;
-        if (column_header(*c) == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unknown column shorthand char '%c' in '%s'", *c,
-                        columns);
-            return FALSE;
-        }
-    }
-    return TRUE;
 }
 
 /* A filter is a name regular expression (anchored at the start, as Incus does) or key=value on the
@@ -179,7 +189,8 @@ static gboolean matches(json_t *instance, GPtrArray *filters, guint first)
             g_autofree char *pattern = g_strdup_printf("^%s", filter);
             g_autoptr(GRegex) regex = g_regex_new(pattern, 0, 0, NULL);
             const char *name = ferry_json_get_string(instance, "name");
-            gboolean hit = regex != NULL ? g_regex_match(regex, name, 0, NULL) : g_str_has_prefix(name, filter);
+            gboolean hit =
+                regex != NULL ? g_regex_match(regex, name, 0, NULL) : g_str_has_prefix(name, filter);
             if (!hit)
                 return FALSE;
             continue;
@@ -208,8 +219,8 @@ char *cli_list_render(json_t *instances, const char *columns, const char *format
             continue;
         const char *header = column_header(*c);
         if (header == NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unknown column shorthand char '%c' in '%s'", *c,
-                        columns);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unknown column shorthand char '%c' in '%s'",
+                        *c, columns);
             return NULL;
         }
         g_ptr_array_add(headers, (gpointer)header);
@@ -221,7 +232,8 @@ char *cli_list_render(json_t *instances, const char *columns, const char *format
     g_autoptr(json_t) shown = json_array();
     gsize i;
     json_t *instance;
-    json_array_foreach(instances, i, instance) {
+    json_array_foreach(instances, i, instance)
+    {
         if (!matches(instance, filters, first_filter))
             continue;
         json_array_append(shown, instance);
@@ -240,13 +252,14 @@ int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *columns = NULL;
     gboolean all_projects = FALSE, fast = FALSE;
     const CliOption options[] = {
-        { "all-projects", 0, CLI_OPT_BOOL, &all_projects, NULL, "Display instances from all projects" },
-        { "columns", 'c', CLI_OPT_STRING, &columns, "COLUMNS", "Columns" },
-        { "fast", 0, CLI_OPT_BOOL, &fast, NULL, "Fast mode (same as --columns=nsacPt)" },
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT",
-          "Format (csv|json|table|yaml|compact), use suffix \",noheader\" to disable headers and \",header\" to "
-          "enable it if missing, e.g. csv,header" },
-        { NULL },
+        {"all-projects", 0, CLI_OPT_BOOL, &all_projects, NULL, "Display instances from all projects"},
+        {"columns", 'c', CLI_OPT_STRING, &columns, "COLUMNS", "Columns"},
+        {"fast", 0, CLI_OPT_BOOL, &fast, NULL, "Fast mode (same as --columns=nsacPt)"},
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT",
+         "Format (csv|json|table|yaml|compact), use suffix \",noheader\" to disable headers and \",header\" "
+         "to "
+         "enable it if missing, e.g. csv,header"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error))
@@ -254,16 +267,22 @@ int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error)
     if (format != NULL && !cli_format_check(format, error))
         return -1;
 
-    /* The first argument names a remote when it ends in ':'; the rest are filters. */
+    /* The first argument may name a remote: "b:" alone, or "b:web" with a filter after the colon. */
     g_autofree char *remote = NULL;
+    g_autofree char *first_rest = NULL;
     guint first_filter = 0;
     if (args->len > 0) {
         const char *first = g_ptr_array_index(args, 0);
-        if (g_str_has_suffix(first, ":") && strchr(first, '=') == NULL) {
-            g_autofree char *rest = NULL;
-            if (!cli_config_parse_remote(cli->config, first, &remote, &rest, error))
-                return -1;
-            first_filter = 1;
+        const char *colon = strchr(first, ':');
+        g_autofree char *prefix = colon != NULL ? g_strndup(first, colon - first) : NULL;
+        if (prefix != NULL && strchr(prefix, '=') == NULL && cli_config_remote(cli->config, prefix) != NULL) {
+            remote = g_steal_pointer(&prefix);
+            if (colon[1] != '\0') {
+                first_rest = g_strdup(colon + 1);
+                g_ptr_array_index(args, 0) = first_rest;
+            } else {
+                first_filter = 1;
+            }
         }
     }
     if (columns == NULL)
@@ -272,7 +291,8 @@ int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(FerryClient) client = cli_connect(cli, remote, error);
     if (client == NULL)
         return -1;
-    const char *path = all_projects ? "/1.0/instances?recursion=2&all-projects=true" : "/1.0/instances?recursion=2";
+    const char *path =
+        all_projects ? "/1.0/instances?recursion=2&all-projects=true" : "/1.0/instances?recursion=2";
     g_autoptr(json_t) instances = ferry_client_get(client, path, NULL, error);
     if (instances == NULL)
         return -1;

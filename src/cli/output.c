@@ -259,8 +259,8 @@ gboolean cli_print_list(const char *format, const char *const *headers, GPtrArra
 
 char *cli_format_size(gint64 bytes, gboolean iec, int precision)
 {
-    static const char *const si[] = { "B", "kB", "MB", "GB", "TB", "PB", "EB" };
-    static const char *const binary[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+    static const char *const si[] = {"B", "kB", "MB", "GB", "TB", "PB", "EB"};
+    static const char *const binary[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
     double base = iec ? 1024.0 : 1000.0;
     const char *const *units = iec ? binary : si;
     if (bytes < (gint64)base)

@@ -27,8 +27,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
@@ -45,21 +45,23 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *profile;
-    json_array_foreach(profiles, i, profile) {
+    json_array_foreach(profiles, i, profile)
+    {
         json_t *used_by = json_object_get(profile, "used_by");
-        g_autofree char *count = g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
+        g_autofree char *count =
+            g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
         cli_rows_add(rows, ferry_json_get_string(profile, "name") ?: "",
                      ferry_json_get_string(profile, "description") ?: "", count, NULL);
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "NAME", "DESCRIPTION", "USED BY", NULL };
+    static const char *const headers[] = {"NAME", "DESCRIPTION", "USED BY", NULL};
     return cli_print_list(format, headers, rows, profiles, error) ? 0 : -1;
 }
 
 static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -74,8 +76,8 @@ static int cmd_create(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *description = NULL;
     const CliOption options[] = {
-        { "description", 0, CLI_OPT_STRING, &description, "TEXT", "Profile description" },
-        { NULL },
+        {"description", 0, CLI_OPT_STRING, &description, "TEXT", "Profile description"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
@@ -110,7 +112,7 @@ static int cmd_create(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, -1, error))
         return -1;
     for (guint i = 0; i < args->len; i++) {
@@ -133,11 +135,13 @@ static int cmd_copy(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *target_project = NULL;
     gboolean refresh = FALSE;
     const CliOption options[] = {
-        { "refresh", 0, CLI_OPT_BOOL, &refresh, NULL, "Update the target profile from the source if it already "
-                                                      "exists" },
-        { "target-project", 0, CLI_OPT_STRING, &target_project, "PROJECT", "Copy to a project different from the "
-                                                                           "source" },
-        { NULL },
+        {"refresh", 0, CLI_OPT_BOOL, &refresh, NULL,
+         "Update the target profile from the source if it already "
+         "exists"},
+        {"target-project", 0, CLI_OPT_STRING, &target_project, "PROJECT",
+         "Copy to a project different from the "
+         "source"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
@@ -170,7 +174,7 @@ static int cmd_copy(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_get(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -180,7 +184,8 @@ static int cmd_get(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) profile = ferry_client_get(client, path, NULL, error);
     if (profile == NULL)
         return -1;
-    printf("%s\n", ferry_json_get_string(json_object_get(profile, "config"), g_ptr_array_index(args, 1)) ?: "");
+    printf("%s\n",
+           ferry_json_get_string(json_object_get(profile, "config"), g_ptr_array_index(args, 1)) ?: "");
     return 0;
 }
 
@@ -188,7 +193,7 @@ static int cmd_set_unset(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean unset = strcmp(cli->command->name, "unset") == 0;
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) ||
         !cli_check_args(cli, args, 2, unset ? 2 : -1, error))
         return -1;
@@ -217,7 +222,7 @@ static int cmd_set_unset(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -227,8 +232,9 @@ static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) profile = ferry_client_get(client, path, NULL, error);
     if (profile == NULL)
         return -1;
-    g_autoptr(json_t) edited = cli_edit_yaml(profile, "### This is a YAML representation of the profile.\n"
-                                                      "### Any line starting with a '# will be ignored.",
+    g_autoptr(json_t) edited = cli_edit_yaml(profile,
+                                             "### This is a YAML representation of the profile.\n"
+                                             "### Any line starting with a '# will be ignored.",
                                              error);
     return edited != NULL && put_profile(client, path, edited, error) ? 0 : -1;
 }
@@ -236,7 +242,7 @@ static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_rename(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -256,10 +262,12 @@ static int cmd_device(Cli *cli, int argc, char **argv, GError **error)
 {
     const char *action = cli->command->name;
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error))
         return -1;
-    guint min = strcmp(action, "add") == 0 ? 3 : strcmp(action, "list") == 0 || strcmp(action, "show") == 0 ? 1 : 2;
+    guint min = strcmp(action, "add") == 0                                   ? 3
+                : strcmp(action, "list") == 0 || strcmp(action, "show") == 0 ? 1
+                                                                             : 2;
     if (strcmp(action, "get") == 0 || strcmp(action, "unset") == 0 || strcmp(action, "set") == 0)
         min = 3;
     if (!cli_check_args(cli, args, min, -1, error))
@@ -276,7 +284,7 @@ static int cmd_instance_profiles(Cli *cli, int argc, char **argv, GError **error
 {
     const char *action = cli->command->name;
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *instance = NULL;
@@ -303,21 +311,22 @@ static int cmd_instance_profiles(Cli *cli, int argc, char **argv, GError **error
         gsize i;
         json_t *entry;
         gssize found = -1;
-        json_array_foreach(profiles, i, entry) {
+        json_array_foreach(profiles, i, entry)
+        {
             if (g_strcmp0(json_string_value(entry), profile) == 0)
                 found = (gssize)i;
         }
         if (strcmp(action, "add") == 0) {
             if (found >= 0) {
-                g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Profile %s is already applied to %s", profile,
-                            instance);
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Profile %s is already applied to %s",
+                            profile, instance);
                 return -1;
             }
             json_array_append_new(profiles, json_string(profile));
         } else {
             if (found < 0) {
-                g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Profile %s isn't currently applied to %s",
-                            profile, instance);
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND,
+                            "Profile %s isn't currently applied to %s", profile, instance);
                 return -1;
             }
             json_array_remove(profiles, (gsize)found);
@@ -339,38 +348,40 @@ static int cmd_instance_profiles(Cli *cli, int argc, char **argv, GError **error
 }
 
 const CliCommand cli_profile_device_commands[] = {
-    { "add", NULL, "[<remote>:]<profile> <device> <type> [key=value...]", "Add instance devices", NULL, cmd_device,
-      NULL },
-    { "get", NULL, "[<remote>:]<profile> <device> <key>", "Get values for device configuration keys", NULL,
-      cmd_device, NULL },
-    { "list", "ls", "[<remote>:]<profile>", "List instance devices", NULL, cmd_device, NULL },
-    { "remove", "rm", "[<remote>:]<profile> <name>...", "Remove instance devices", NULL, cmd_device, NULL },
-    { "set", NULL, "[<remote>:]<profile> <device> <key>=<value>...", "Set device configuration keys", NULL,
-      cmd_device, NULL },
-    { "show", NULL, "[<remote>:]<profile>", "Show full device configuration", NULL, cmd_device, NULL },
-    { "unset", NULL, "[<remote>:]<profile> <device> <key>", "Unset device configuration keys", NULL, cmd_device,
-      NULL },
-    { NULL },
+    {"add", NULL, "[<remote>:]<profile> <device> <type> [key=value...]", "Add instance devices", NULL,
+     cmd_device, NULL},
+    {"get", NULL, "[<remote>:]<profile> <device> <key>", "Get values for device configuration keys", NULL,
+     cmd_device, NULL},
+    {"list", "ls", "[<remote>:]<profile>", "List instance devices", NULL, cmd_device, NULL},
+    {"remove", "rm", "[<remote>:]<profile> <name>...", "Remove instance devices", NULL, cmd_device, NULL},
+    {"set", NULL, "[<remote>:]<profile> <device> <key>=<value>...", "Set device configuration keys", NULL,
+     cmd_device, NULL},
+    {"show", NULL, "[<remote>:]<profile>", "Show full device configuration", NULL, cmd_device, NULL},
+    {"unset", NULL, "[<remote>:]<profile> <device> <key>", "Unset device configuration keys", NULL,
+     cmd_device, NULL},
+    {NULL},
 };
 
 const CliCommand cli_profile_commands[] = {
-    { "add", NULL, "[<remote>:]<instance> <profile>", "Add profiles to instances", NULL, cmd_instance_profiles,
-      NULL },
-    { "assign", "apply", "[<remote>:]<instance> <profiles>", "Assign sets of profiles to instances",
-      "Profiles are a comma-separated list; \"\" removes them all.", cmd_instance_profiles, NULL },
-    { "copy", "cp", "[<remote>:]<profile> [<remote>:]<profile>", "Copy profiles", NULL, cmd_copy, NULL },
-    { "create", NULL, "[<remote>:]<profile>", "Create profiles", NULL, cmd_create, NULL },
-    { "delete", "rm", "[<remote>:]<profile>...", "Delete profiles", NULL, cmd_delete, NULL },
-    { "device", NULL, NULL, "Manage devices", NULL, NULL, cli_profile_device_commands },
-    { "edit", NULL, "[<remote>:]<profile>", "Edit profile configurations as YAML", NULL, cmd_edit, NULL },
-    { "get", NULL, "[<remote>:]<profile> <key>", "Get values for profile configuration keys", NULL, cmd_get, NULL },
-    { "list", "ls", "[<remote>:]", "List profiles", NULL, cmd_list, NULL },
-    { "remove", NULL, "[<remote>:]<instance> <profile>", "Remove profiles from instances", NULL,
-      cmd_instance_profiles, NULL },
-    { "rename", "mv", "[<remote>:]<profile> <new-name>", "Rename profiles", NULL, cmd_rename, NULL },
-    { "set", NULL, "[<remote>:]<profile> <key><value>...", "Set profile configuration keys", NULL, cmd_set_unset,
-      NULL },
-    { "show", NULL, "[<remote>:]<profile>", "Show profile configurations", NULL, cmd_show, NULL },
-    { "unset", NULL, "[<remote>:]<profile> <key>", "Unset profile configuration keys", NULL, cmd_set_unset, NULL },
-    { NULL },
+    {"add", NULL, "[<remote>:]<instance> <profile>", "Add profiles to instances", NULL, cmd_instance_profiles,
+     NULL},
+    {"assign", "apply", "[<remote>:]<instance> <profiles>", "Assign sets of profiles to instances",
+     "Profiles are a comma-separated list; \"\" removes them all.", cmd_instance_profiles, NULL},
+    {"copy", "cp", "[<remote>:]<profile> [<remote>:]<profile>", "Copy profiles", NULL, cmd_copy, NULL},
+    {"create", NULL, "[<remote>:]<profile>", "Create profiles", NULL, cmd_create, NULL},
+    {"delete", "rm", "[<remote>:]<profile>...", "Delete profiles", NULL, cmd_delete, NULL},
+    {"device", NULL, NULL, "Manage devices", NULL, NULL, cli_profile_device_commands},
+    {"edit", NULL, "[<remote>:]<profile>", "Edit profile configurations as YAML", NULL, cmd_edit, NULL},
+    {"get", NULL, "[<remote>:]<profile> <key>", "Get values for profile configuration keys", NULL, cmd_get,
+     NULL},
+    {"list", "ls", "[<remote>:]", "List profiles", NULL, cmd_list, NULL},
+    {"remove", NULL, "[<remote>:]<instance> <profile>", "Remove profiles from instances", NULL,
+     cmd_instance_profiles, NULL},
+    {"rename", "mv", "[<remote>:]<profile> <new-name>", "Rename profiles", NULL, cmd_rename, NULL},
+    {"set", NULL, "[<remote>:]<profile> <key><value>...", "Set profile configuration keys", NULL,
+     cmd_set_unset, NULL},
+    {"show", NULL, "[<remote>:]<profile>", "Show profile configurations", NULL, cmd_show, NULL},
+    {"unset", NULL, "[<remote>:]<profile> <key>", "Unset profile configuration keys", NULL, cmd_set_unset,
+     NULL},
+    {NULL},
 };

@@ -24,7 +24,8 @@ static char *format_eta(gint64 seconds)
         return g_strdup_printf("%" G_GINT64_FORMAT "s", seconds);
     if (seconds < 3600)
         return g_strdup_printf("%" G_GINT64_FORMAT "m%02" G_GINT64_FORMAT "s", seconds / 60, seconds % 60);
-    return g_strdup_printf("%" G_GINT64_FORMAT "h%02" G_GINT64_FORMAT "m", seconds / 3600, (seconds % 3600) / 60);
+    return g_strdup_printf("%" G_GINT64_FORMAT "h%02" G_GINT64_FORMAT "m", seconds / 3600,
+                           (seconds % 3600) / 60);
 }
 
 char *cli_progress_format(const char *prefix, const FerryProgress *progress)

@@ -29,11 +29,11 @@ int cli_cmd_query(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *method = NULL, *data = NULL;
     gboolean wait = FALSE, raw = FALSE;
     const CliOption options[] = {
-        { "data", 'd', CLI_OPT_STRING, &data, "JSON", "Input data" },
-        { "raw", 0, CLI_OPT_BOOL, &raw, NULL, "Print the raw response" },
-        { "request", 'X', CLI_OPT_STRING, &method, "METHOD", "Action (defaults to GET)" },
-        { "wait", 0, CLI_OPT_BOOL, &wait, NULL, "Wait for the operation to complete" },
-        { NULL },
+        {"data", 'd', CLI_OPT_STRING, &data, "JSON", "Input data"},
+        {"raw", 0, CLI_OPT_BOOL, &raw, NULL, "Print the raw response"},
+        {"request", 'X', CLI_OPT_STRING, &method, "METHOD", "Action (defaults to GET)"},
+        {"wait", 0, CLI_OPT_BOOL, &wait, NULL, "Wait for the operation to complete"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
@@ -64,9 +64,9 @@ int cli_cmd_query(Cli *cli, int argc, char **argv, GError **error)
             return -1;
     }
     if (raw) {
-        g_autoptr(json_t) envelope = json_pack("{s:s, s:i, s:s, s:O}", "type", response->type, "status_code",
-                                               response->status_code, "operation", response->operation ?: "",
-                                               "metadata", shown);
+        g_autoptr(json_t) envelope =
+            json_pack("{s:s, s:i, s:s, s:O}", "type", response->type, "status_code", response->status_code,
+                      "operation", response->operation ?: "", "metadata", shown);
         g_autofree char *text = indent_with_tabs(envelope);
         printf("%s\n", text);
     } else if (!json_is_null(shown)) {

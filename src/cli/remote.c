@@ -15,7 +15,8 @@
 /* "host", "host:port", "[v6]:port", "https://host[:port]" → "https://host:port". */
 static char *normalise_url(const char *addr, GError **error)
 {
-    g_autofree char *with_scheme = strstr(addr, "://") != NULL ? g_strdup(addr) : g_strconcat("https://", addr, NULL);
+    g_autofree char *with_scheme =
+        strstr(addr, "://") != NULL ? g_strdup(addr) : g_strconcat("https://", addr, NULL);
     g_autoptr(GUri) uri = g_uri_parse(with_scheme, G_URI_FLAGS_NONE, NULL);
     if (uri == NULL || g_uri_get_host(uri) == NULL || *g_uri_get_host(uri) == '\0') {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid URL %s", addr);
@@ -33,7 +34,8 @@ static char *normalise_url(const char *addr, GError **error)
     return g_strdup_printf("https://%s:%d", host, port);
 }
 
-static gboolean write_server_cert(CliConfig *config, const char *remote, GTlsCertificate *cert, GError **error)
+static gboolean write_server_cert(CliConfig *config, const char *remote, GTlsCertificate *cert,
+                                  GError **error)
 {
     g_autofree char *path = cli_config_server_cert_path(config, remote);
     g_autofree char *dir = g_path_get_dirname(path);
@@ -75,9 +77,10 @@ static gboolean join_with_token(FerryClient *client, const char *token, GError *
     if (trusted)
         return TRUE;
     if (token == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_FORBIDDEN,
-                    "The server doesn't trust this client: create a token with `ferry config trust add <name>` on "
-                    "the server and pass it with --token");
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_FORBIDDEN,
+            "The server doesn't trust this client: create a token with `ferry config trust add <name>` on "
+            "the server and pass it with --token");
         return FALSE;
     }
     g_autoptr(json_t) body = json_pack("{s:s, s:s}", "type", "client", "trust_token", token);
@@ -89,7 +92,8 @@ static gboolean join_with_token(FerryClient *client, const char *token, GError *
     }
     if (!server_trusts_us(client, error)) {
         if (error == NULL || *error == NULL)
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_FORBIDDEN, "Server doesn't trust us after authentication");
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_FORBIDDEN,
+                        "Server doesn't trust us after authentication");
         return FALSE;
     }
     return TRUE;
@@ -117,14 +121,15 @@ static int add_from_token(Cli *cli, const char *name, const char *token, json_t 
     g_autoptr(GString) failures = g_string_new(NULL);
     gsize i;
     json_t *address;
-    json_array_foreach(json_object_get(decoded, "addresses"), i, address) {
+    json_array_foreach(json_object_get(decoded, "addresses"), i, address)
+    {
         g_autoptr(GError) attempt_error = NULL;
         g_autofree char *url = normalise_url(json_string_value(address), &attempt_error);
         g_autoptr(FerryClient) client =
             url != NULL ? ferry_client_new_https(url, client_cert, NULL, fingerprint, &attempt_error) : NULL;
         if (client != NULL && join_with_token(client, token, &attempt_error)) {
-            if (!save_remote(cli->config, name, url, public, project, ferry_client_get_peer_certificate(client),
-                             error))
+            if (!save_remote(cli->config, name, url, public, project,
+                             ferry_client_get_peer_certificate(client), error))
                 return -1;
             return 0;
         }
@@ -136,7 +141,8 @@ static int add_from_token(Cli *cli, const char *name, const char *token, json_t 
         g_string_append_printf(failures, "\n%s: %s", json_string_value(address), attempt_error->message);
     }
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                "Unable to connect to any of the addresses in the token:%s", failures->len ? failures->str : " none");
+                "Unable to connect to any of the addresses in the token:%s",
+                failures->len ? failures->str : " none");
     return -1;
 }
 
@@ -198,13 +204,13 @@ static int cmd_add(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *token = NULL, *protocol = NULL, *project = NULL, *auth_type = NULL;
     gboolean accept = FALSE, public = FALSE;
     const CliOption options[] = {
-        { "accept-certificate", 0, CLI_OPT_BOOL, &accept, NULL, "Accept certificate" },
-        { "auth-type", 0, CLI_OPT_STRING, &auth_type, "TYPE", "Server authentication type (tls)" },
-        { "project", 0, CLI_OPT_STRING, &project, "PROJECT", "Project to use for the remote" },
-        { "protocol", 0, CLI_OPT_STRING, &protocol, "PROTOCOL", "Server protocol (incus)" },
-        { "public", 0, CLI_OPT_BOOL, &public, NULL, "Public image server" },
-        { "token", 0, CLI_OPT_STRING, &token, "TOKEN", "Remote trust token" },
-        { NULL },
+        {"accept-certificate", 0, CLI_OPT_BOOL, &accept, NULL, "Accept certificate"},
+        {"auth-type", 0, CLI_OPT_STRING, &auth_type, "TYPE", "Server authentication type (tls)"},
+        {"project", 0, CLI_OPT_STRING, &project, "PROJECT", "Project to use for the remote"},
+        {"protocol", 0, CLI_OPT_STRING, &protocol, "PROTOCOL", "Server protocol (incus)"},
+        {"public", 0, CLI_OPT_BOOL, &public, NULL, "Public image server"},
+        {"token", 0, CLI_OPT_STRING, &token, "TOKEN", "Remote trust token"},
+        {NULL},
     };
     /* --project here names the remote's project, not the request's: parse it as ours. */
     g_autoptr(GPtrArray) args = NULL;
@@ -213,12 +219,13 @@ static int cmd_add(Cli *cli, int argc, char **argv, GError **error)
     if (cli->project != NULL && project == NULL)
         project = g_strdup(cli->project);
     if (protocol != NULL && strcmp(protocol, "incus") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsupported protocol \"%s\" (ferry speaks incus)",
-                    protocol);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Unsupported protocol \"%s\" (ferry speaks incus)", protocol);
         return -1;
     }
     if (auth_type != NULL && strcmp(auth_type, "tls") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsupported authentication type \"%s\"", auth_type);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsupported authentication type \"%s\"",
+                    auth_type);
         return -1;
     }
     const char *name = g_ptr_array_index(args, 0);
@@ -248,8 +255,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 0, error))
@@ -261,18 +268,20 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     json_t *remotes = json_object_get(cli->config->doc, "remotes");
     const char *name;
     json_t *remote;
-    json_object_foreach(remotes, name, remote) {
+    json_object_foreach(remotes, name, remote)
+    {
         const char *addr = ferry_json_get_string(remote, "addr");
-        g_autofree char *shown = g_strcmp0(name, current) == 0 ? g_strdup_printf("%s (current)", name)
-                                                               : g_strdup(name);
+        g_autofree char *shown =
+            g_strcmp0(name, current) == 0 ? g_strdup_printf("%s (current)", name) : g_strdup(name);
         gboolean is_unix = g_str_has_prefix(addr, "unix:");
         cli_rows_add(rows, shown, addr, ferry_json_get_string(remote, "protocol") ?: "incus",
-                     is_unix ? "file access" : "tls", ferry_json_get_bool(remote, "public", FALSE) ? "YES" : "NO",
+                     is_unix ? "file access" : "tls",
+                     ferry_json_get_bool(remote, "public", FALSE) ? "YES" : "NO",
                      cli_config_remote_is_static(name) ? "YES" : "NO", "NO", NULL);
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "NAME", "URL", "PROTOCOL", "AUTH TYPE", "PUBLIC", "STATIC", "GLOBAL",
-                                           NULL };
+    static const char *const headers[] = {"NAME",   "URL",    "PROTOCOL", "AUTH TYPE",
+                                          "PUBLIC", "STATIC", "GLOBAL",   NULL};
     return cli_print_list(format, headers, rows, remotes, error) ? 0 : -1;
 }
 
@@ -283,7 +292,8 @@ static gboolean check_changeable(CliConfig *config, const char *name, GError **e
         return FALSE;
     }
     if (cli_config_remote_is_static(name)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Remote %s is static and cannot be modified", name);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Remote %s is static and cannot be modified",
+                    name);
         return FALSE;
     }
     return TRUE;
@@ -292,7 +302,7 @@ static gboolean check_changeable(CliConfig *config, const char *name, GError **e
 static int cmd_remove(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     const char *name = g_ptr_array_index(args, 0);
@@ -311,7 +321,7 @@ static int cmd_remove(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_rename(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     const char *old_name = g_ptr_array_index(args, 0);
@@ -339,7 +349,7 @@ static int cmd_rename(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_switch(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     const char *name = g_ptr_array_index(args, 0);
@@ -354,7 +364,7 @@ static int cmd_switch(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_get_default(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 0, error))
         return -1;
     printf("%s\n", cli_config_default_remote(cli->config));
@@ -362,15 +372,15 @@ static int cmd_get_default(Cli *cli, int argc, char **argv, GError **error)
 }
 
 const CliCommand cli_remote_commands[] = {
-    { "add", NULL, "<remote> <IP|FQDN|URL|token>", "Add new remote servers",
-      "A token (from `ferry config trust add` or `incus config trust add` on the server) holds the server's\n"
-      "addresses and certificate fingerprint: nothing more is needed. With an address, the server's\n"
-      "certificate is shown for confirmation (or --accept-certificate) and --token authenticates.",
-      cmd_add, NULL },
-    { "get-default", NULL, "", "Show the default remote", NULL, cmd_get_default, NULL },
-    { "list", "ls", "", "List the available remotes", NULL, cmd_list, NULL },
-    { "remove", "rm", "<remote>", "Remove remotes", NULL, cmd_remove, NULL },
-    { "rename", "mv", "<remote> <new-name>", "Rename remotes", NULL, cmd_rename, NULL },
-    { "switch", NULL, "<remote>", "Switch the default remote", NULL, cmd_switch, NULL },
-    { NULL },
+    {"add", NULL, "<remote> <IP|FQDN|URL|token>", "Add new remote servers",
+     "A token (from `ferry config trust add` or `incus config trust add` on the server) holds the server's\n"
+     "addresses and certificate fingerprint: nothing more is needed. With an address, the server's\n"
+     "certificate is shown for confirmation (or --accept-certificate) and --token authenticates.",
+     cmd_add, NULL},
+    {"get-default", NULL, "", "Show the default remote", NULL, cmd_get_default, NULL},
+    {"list", "ls", "", "List the available remotes", NULL, cmd_list, NULL},
+    {"remove", "rm", "<remote>", "Remove remotes", NULL, cmd_remove, NULL},
+    {"rename", "mv", "<remote> <new-name>", "Rename remotes", NULL, cmd_rename, NULL},
+    {"switch", NULL, "<remote>", "Switch the default remote", NULL, cmd_switch, NULL},
+    {NULL},
 };

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *const pool_writable[] = { "config", "description", NULL };
+static const char *const pool_writable[] = {"config", "description", NULL};
 
 static json_t *size_value(gint64 bytes, gboolean raw);
 
@@ -23,8 +23,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
@@ -41,22 +41,25 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *pool;
-    json_array_foreach(pools, i, pool) {
+    json_array_foreach(pools, i, pool)
+    {
         json_t *used_by = json_object_get(pool, "used_by");
-        g_autofree char *count = g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
+        g_autofree char *count =
+            g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
         g_autofree char *state = g_ascii_strup(ferry_json_get_string(pool, "status") ?: "", -1);
-        cli_rows_add(rows, ferry_json_get_string(pool, "name") ?: "", ferry_json_get_string(pool, "driver") ?: "",
+        cli_rows_add(rows, ferry_json_get_string(pool, "name") ?: "",
+                     ferry_json_get_string(pool, "driver") ?: "",
                      ferry_json_get_string(pool, "description") ?: "", count, state, NULL);
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "NAME", "DRIVER", "DESCRIPTION", "USED BY", "STATE", NULL };
+    static const char *const headers[] = {"NAME", "DRIVER", "DESCRIPTION", "USED BY", "STATE", NULL};
     return cli_print_list(format, headers, rows, pools, error) ? 0 : -1;
 }
 
 static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -71,8 +74,8 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean bytes = FALSE;
     const CliOption options[] = {
-        { "bytes", 0, CLI_OPT_BOOL, &bytes, NULL, "Show the used and free space in bytes" },
-        { NULL },
+        {"bytes", 0, CLI_OPT_BOOL, &bytes, NULL, "Show the used and free space in bytes"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
@@ -102,7 +105,8 @@ static int cmd_info(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) used_by = json_object();
     gsize i;
     json_t *url;
-    json_array_foreach(json_object_get(pool, "used_by"), i, url) {
+    json_array_foreach(json_object_get(pool, "used_by"), i, url)
+    {
         g_auto(GStrv) parts = g_strsplit(json_string_value(url), "/", -1);
         guint n = g_strv_length(parts);
         if (n < 4)
@@ -130,8 +134,8 @@ static int cmd_create(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *description = NULL;
     const CliOption options[] = {
-        { "description", 0, CLI_OPT_STRING, &description, "TEXT", "Description of the storage pool" },
-        { NULL },
+        {"description", 0, CLI_OPT_STRING, &description, "TEXT", "Description of the storage pool"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, -1, error))
@@ -143,10 +147,11 @@ static int cmd_create(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) config = json_object();
     if (!cli_parse_key_values(args, 2, config, error))
         return -1;
-    g_autoptr(json_t) body = json_pack("{s:s, s:s, s:s, s:O}", "name", name, "driver",
-                                       (char *)g_ptr_array_index(args, 1), "description",
-                                       description != NULL ? description : "", "config", config);
-    g_autoptr(json_t) result = ferry_client_run(client, "POST", "/1.0/storage-pools", body, NULL, NULL, error);
+    g_autoptr(json_t) body =
+        json_pack("{s:s, s:s, s:s, s:O}", "name", name, "driver", (char *)g_ptr_array_index(args, 1),
+                  "description", description != NULL ? description : "", "config", config);
+    g_autoptr(json_t) result =
+        ferry_client_run(client, "POST", "/1.0/storage-pools", body, NULL, NULL, error);
     if (result == NULL)
         return -1;
     if (!cli->quiet)
@@ -157,7 +162,7 @@ static int cmd_create(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -175,7 +180,7 @@ static int cmd_delete(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_get(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -193,7 +198,7 @@ static int cmd_set_unset(Cli *cli, int argc, char **argv, GError **error)
 {
     gboolean unset = strcmp(cli->command->name, "unset") == 0;
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) ||
         !cli_check_args(cli, args, 2, unset ? 2 : -1, error))
         return -1;
@@ -223,7 +228,7 @@ static int cmd_set_unset(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL, *path = NULL;
@@ -233,8 +238,9 @@ static int cmd_edit(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) pool = ferry_client_get(client, path, NULL, error);
     if (pool == NULL)
         return -1;
-    g_autoptr(json_t) edited = cli_edit_yaml(pool, "### This is a YAML representation of a storage pool.\n"
-                                                   "### Any line starting with a '# will be ignored.",
+    g_autoptr(json_t) edited = cli_edit_yaml(pool,
+                                             "### This is a YAML representation of a storage pool.\n"
+                                             "### Any line starting with a '# will be ignored.",
                                              error);
     if (edited == NULL)
         return -1;
@@ -253,7 +259,8 @@ static gint compare_volume_rows(gconstpointer a, gconstpointer b)
 
 static json_t *size_value(gint64 bytes, gboolean raw)
 {
-    g_autofree char *text = raw ? g_strdup_printf("%" G_GINT64_FORMAT, bytes) : cli_format_size(bytes, TRUE, 2);
+    g_autofree char *text =
+        raw ? g_strdup_printf("%" G_GINT64_FORMAT, bytes) : cli_format_size(bytes, TRUE, 2);
     return json_string(text);
 }
 
@@ -261,8 +268,8 @@ static int cmd_volume_list(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
@@ -281,18 +288,20 @@ static int cmd_volume_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *volume;
-    json_array_foreach(volumes, i, volume) {
+    json_array_foreach(volumes, i, volume)
+    {
         const char *volume_name = ferry_json_get_string(volume, "name") ?: "";
         const char *type = ferry_json_get_string(volume, "type") ?: "";
-        g_autofree char *shown_type = strchr(volume_name, '/') != NULL ? g_strdup_printf("%s (snapshot)", type)
-                                                                         : g_strdup(type);
+        g_autofree char *shown_type =
+            strchr(volume_name, '/') != NULL ? g_strdup_printf("%s (snapshot)", type) : g_strdup(type);
         json_t *used_by = json_object_get(volume, "used_by");
-        g_autofree char *count = g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
+        g_autofree char *count =
+            g_strdup_printf("%zu", json_is_array(used_by) ? json_array_size(used_by) : (gsize)0);
         cli_rows_add(rows, shown_type, volume_name, ferry_json_get_string(volume, "description") ?: "",
                      ferry_json_get_string(volume, "content_type") ?: "filesystem", count, NULL);
     }
     /* Incus orders volumes by name, a snapshot after its volume. */
-    static const char *const headers[] = { "TYPE", "NAME", "DESCRIPTION", "CONTENT-TYPE", "USED BY", NULL };
+    static const char *const headers[] = {"TYPE", "NAME", "DESCRIPTION", "CONTENT-TYPE", "USED BY", NULL};
     g_ptr_array_sort(rows, compare_volume_rows);
     return cli_print_list(format, headers, rows, volumes, error) ? 0 : -1;
 }
@@ -300,7 +309,7 @@ static int cmd_volume_list(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_volume_show(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 2, 2, error))
         return -1;
     g_autofree char *name = NULL;
@@ -319,33 +328,36 @@ static int cmd_volume_show(Cli *cli, int argc, char **argv, GError **error)
     } else if (parts[1] != NULL) {
         snapshot = parts[1];
     }
-    g_autofree char *path = snapshot != NULL
-                                ? ferry_api_path("storage-pools", name, "volumes", type, volume, "snapshots", snapshot,
-                                                 NULL)
-                                : ferry_api_path("storage-pools", name, "volumes", type, volume, NULL);
+    g_autofree char *path =
+        snapshot != NULL
+            ? ferry_api_path("storage-pools", name, "volumes", type, volume, "snapshots", snapshot, NULL)
+            : ferry_api_path("storage-pools", name, "volumes", type, volume, NULL);
     g_autoptr(json_t) info = ferry_client_get(client, path, NULL, error);
     return info != NULL && cli_print_yaml(info, error) ? 0 : -1;
 }
 
 const CliCommand cli_storage_volume_commands[] = {
-    { "list", "ls", "[<remote>:]<pool>", "List storage volumes", NULL, cmd_volume_list, NULL },
-    { "show", NULL, "[<remote>:]<pool> [<type>/]<volume>[/<snapshot>]", "Show storage volume configurations",
-      NULL, cmd_volume_show, NULL },
-    { NULL },
+    {"list", "ls", "[<remote>:]<pool>", "List storage volumes", NULL, cmd_volume_list, NULL},
+    {"show", NULL, "[<remote>:]<pool> [<type>/]<volume>[/<snapshot>]", "Show storage volume configurations",
+     NULL, cmd_volume_show, NULL},
+    {NULL},
 };
 
 const CliCommand cli_storage_commands[] = {
-    { "create", NULL, "[<remote>:]<pool> <driver> [key=value...]", "Create storage pools", NULL, cmd_create, NULL },
-    { "delete", "rm", "[<remote>:]<pool>", "Delete storage pools", NULL, cmd_delete, NULL },
-    { "edit", NULL, "[<remote>:]<pool>", "Edit storage pool configurations as YAML", NULL, cmd_edit, NULL },
-    { "get", NULL, "[<remote>:]<pool> <key>", "Get values for storage pool configuration keys", NULL, cmd_get, NULL },
-    { "info", NULL, "[<remote>:]<pool>", "Show useful information about storage pools", NULL, cmd_info, NULL },
-    { "list", "ls", "[<remote>:]", "List available storage pools", NULL, cmd_list, NULL },
-    { "set", NULL, "[<remote>:]<pool> <key> <value>", "Set storage pool configuration keys", NULL, cmd_set_unset,
-      NULL },
-    { "show", NULL, "[<remote>:]<pool>", "Show storage pool configurations and resources", NULL, cmd_show, NULL },
-    { "unset", NULL, "[<remote>:]<pool> <key>", "Unset storage pool configuration keys", NULL, cmd_set_unset,
-      NULL },
-    { "volume", NULL, NULL, "Manage storage volumes", NULL, NULL, cli_storage_volume_commands },
-    { NULL },
+    {"create", NULL, "[<remote>:]<pool> <driver> [key=value...]", "Create storage pools", NULL, cmd_create,
+     NULL},
+    {"delete", "rm", "[<remote>:]<pool>", "Delete storage pools", NULL, cmd_delete, NULL},
+    {"edit", NULL, "[<remote>:]<pool>", "Edit storage pool configurations as YAML", NULL, cmd_edit, NULL},
+    {"get", NULL, "[<remote>:]<pool> <key>", "Get values for storage pool configuration keys", NULL, cmd_get,
+     NULL},
+    {"info", NULL, "[<remote>:]<pool>", "Show useful information about storage pools", NULL, cmd_info, NULL},
+    {"list", "ls", "[<remote>:]", "List available storage pools", NULL, cmd_list, NULL},
+    {"set", NULL, "[<remote>:]<pool> <key> <value>", "Set storage pool configuration keys", NULL,
+     cmd_set_unset, NULL},
+    {"show", NULL, "[<remote>:]<pool>", "Show storage pool configurations and resources", NULL, cmd_show,
+     NULL},
+    {"unset", NULL, "[<remote>:]<pool> <key>", "Unset storage pool configuration keys", NULL, cmd_set_unset,
+     NULL},
+    {"volume", NULL, NULL, "Manage storage volumes", NULL, NULL, cli_storage_volume_commands},
+    {NULL},
 };

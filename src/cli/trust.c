@@ -8,7 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static FerryClient *connect_server_arg(Cli *cli, GPtrArray *args, guint index, char **name_out, GError **error)
+static FerryClient *connect_server_arg(Cli *cli, GPtrArray *args, guint index, char **name_out,
+                                       GError **error)
 {
     if (args->len <= index)
         return cli_connect(cli, NULL, error);
@@ -20,9 +21,10 @@ static int cmd_add(Cli *cli, int argc, char **argv, GError **error)
     gboolean restricted = FALSE;
     g_autofree char *projects = NULL;
     const CliOption options[] = {
-        { "projects", 0, CLI_OPT_STRING, &projects, "LIST", "List of projects to restrict the certificate to" },
-        { "restricted", 0, CLI_OPT_BOOL, &restricted, NULL, "Restrict the certificate to one or more projects" },
-        { NULL },
+        {"projects", 0, CLI_OPT_STRING, &projects, "LIST", "List of projects to restrict the certificate to"},
+        {"restricted", 0, CLI_OPT_BOOL, &restricted, NULL,
+         "Restrict the certificate to one or more projects"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
@@ -42,7 +44,8 @@ static int cmd_add(Cli *cli, int argc, char **argv, GError **error)
         json_object_set_new(body, "projects", list);
     }
     /* The token lives as a running operation until used or revoked: read it, don't wait for it. */
-    g_autoptr(FerryResponse) response = ferry_client_request(client, "POST", "/1.0/certificates", body, NULL, error);
+    g_autoptr(FerryResponse) response =
+        ferry_client_request(client, "POST", "/1.0/certificates", body, NULL, error);
     if (response == NULL)
         return -1;
     json_t *metadata = json_object_get(response->metadata, "metadata");
@@ -68,9 +71,9 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autofree char *format = NULL;
     g_autofree char *columns = NULL;
     const CliOption options[] = {
-        { "columns", 'c', CLI_OPT_STRING, &columns, "COLUMNS", "Columns (default ntdfe)" },
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"columns", 'c', CLI_OPT_STRING, &columns, "COLUMNS", "Columns (default ntdfe)"},
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
@@ -89,19 +92,38 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     for (const char *c = letters; *c; c++) {
         const char *header = NULL;
         switch (*c) {
-        case 'n': header = "NAME"; break;
-        case 't': header = "TYPE"; break;
-        case 'c': header = "COMMON NAME"; break;
-        case 'f': header = "FINGERPRINT"; break;
-        case 'd': header = "DESCRIPTION"; break;
-        case 'i': header = "ISSUE DATE"; break;
-        case 'e': header = "EXPIRY DATE"; break;
-        case 'r': header = "RESTRICTED"; break;
-        case 'p': header = "PROJECTS"; break;
-        case ',': continue;
+        case 'n':
+            header = "NAME";
+            break;
+        case 't':
+            header = "TYPE";
+            break;
+        case 'c':
+            header = "COMMON NAME";
+            break;
+        case 'f':
+            header = "FINGERPRINT";
+            break;
+        case 'd':
+            header = "DESCRIPTION";
+            break;
+        case 'i':
+            header = "ISSUE DATE";
+            break;
+        case 'e':
+            header = "EXPIRY DATE";
+            break;
+        case 'r':
+            header = "RESTRICTED";
+            break;
+        case 'p':
+            header = "PROJECTS";
+            break;
+        case ',':
+            continue;
         default:
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unknown column shorthand char '%c' in '%s'", *c,
-                        letters);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unknown column shorthand char '%c' in '%s'",
+                        *c, letters);
             return -1;
         }
         g_ptr_array_add(headers, (gpointer)header);
@@ -111,7 +133,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GPtrArray) rows = cli_rows_new();
     gsize i;
     json_t *certificate;
-    json_array_foreach(certificates, i, certificate) {
+    json_array_foreach(certificates, i, certificate)
+    {
         const char *pem = ferry_json_get_string(certificate, "certificate");
         g_autofree char *common_name = NULL;
         gint64 not_before = 0, not_after = 0;
@@ -124,13 +147,27 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
         for (const char *c = letters; *c; c++) {
             const char *fingerprint = ferry_json_get_string(certificate, "fingerprint") ?: "";
             switch (*c) {
-            case 'n': g_strv_builder_add(row, ferry_json_get_string(certificate, "name") ?: ""); break;
-            case 't': g_strv_builder_add(row, ferry_json_get_string(certificate, "type") ?: ""); break;
-            case 'c': g_strv_builder_add(row, common_name); break;
-            case 'f': cli_row_take(row, g_strndup(fingerprint, 12)); break;
-            case 'd': g_strv_builder_add(row, ferry_json_get_string(certificate, "description") ?: ""); break;
-            case 'i': cli_row_take(row, cli_format_unix_date(not_before)); break;
-            case 'e': cli_row_take(row, cli_format_unix_date(not_after)); break;
+            case 'n':
+                g_strv_builder_add(row, ferry_json_get_string(certificate, "name") ?: "");
+                break;
+            case 't':
+                g_strv_builder_add(row, ferry_json_get_string(certificate, "type") ?: "");
+                break;
+            case 'c':
+                g_strv_builder_add(row, common_name);
+                break;
+            case 'f':
+                cli_row_take(row, g_strndup(fingerprint, 12));
+                break;
+            case 'd':
+                g_strv_builder_add(row, ferry_json_get_string(certificate, "description") ?: "");
+                break;
+            case 'i':
+                cli_row_take(row, cli_format_unix_date(not_before));
+                break;
+            case 'e':
+                cli_row_take(row, cli_format_unix_date(not_after));
+                break;
             case 'r':
                 g_strv_builder_add(row, ferry_json_get_bool(certificate, "restricted", FALSE) ? "yes" : "no");
                 break;
@@ -144,7 +181,8 @@ static int cmd_list(Cli *cli, int argc, char **argv, GError **error)
                 cli_row_take(row, g_strjoinv("\n", (char **)names->pdata));
                 break;
             }
-            default: break;
+            default:
+                break;
             }
         }
         g_ptr_array_add(rows, g_strv_builder_end(row));
@@ -163,7 +201,8 @@ static json_t *token_operations(FerryClient *client, GError **error)
     json_t *running = json_object_get(operations, "running");
     gsize i;
     json_t *op;
-    json_array_foreach(running, i, op) {
+    json_array_foreach(running, i, op)
+    {
         json_t *metadata = json_object_get(op, "metadata");
         if (g_strcmp0(ferry_json_get_string(op, "class"), "token") != 0 ||
             !json_is_object(json_object_get(metadata, "request")) ||
@@ -179,19 +218,18 @@ static char *token_of(json_t *op)
     json_t *metadata = json_object_get(op, "metadata");
     g_autoptr(json_t) none = json_array();
     json_t *addresses = json_object_get(metadata, "addresses");
-    return cli_token_encode(ferry_json_get_string(json_object_get(metadata, "request"), "name") ?: "",
-                            ferry_json_get_string(metadata, "fingerprint") ?: "",
-                            json_is_array(addresses) ? addresses : none,
-                            ferry_json_get_string(metadata, "secret") ?: "",
-                            ferry_json_get_string(metadata, "expiresAt"));
+    return cli_token_encode(
+        ferry_json_get_string(json_object_get(metadata, "request"), "name") ?: "",
+        ferry_json_get_string(metadata, "fingerprint") ?: "", json_is_array(addresses) ? addresses : none,
+        ferry_json_get_string(metadata, "secret") ?: "", ferry_json_get_string(metadata, "expiresAt"));
 }
 
 static int cmd_list_tokens(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autofree char *format = NULL;
     const CliOption options[] = {
-        { "format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)" },
-        { NULL },
+        {"format", 'f', CLI_OPT_STRING, &format, "FORMAT", "Format (csv|json|table|yaml|compact)"},
+        {NULL},
     };
     g_autoptr(GPtrArray) args = NULL;
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 0, 1, error))
@@ -206,24 +244,26 @@ static int cmd_list_tokens(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(json_t) raw = json_array();
     gsize i;
     json_t *op;
-    json_array_foreach(tokens, i, op) {
+    json_array_foreach(tokens, i, op)
+    {
         json_t *metadata = json_object_get(op, "metadata");
         const char *name = ferry_json_get_string(json_object_get(metadata, "request"), "name") ?: "";
         g_autofree char *token = token_of(op);
         g_autofree char *expires = cli_format_date(ferry_json_get_string(metadata, "expiresAt"));
         cli_rows_add(rows, name, token, expires, NULL);
-        json_array_append_new(raw, json_pack("{s:s, s:s, s:s}", "client_name", name, "token", token, "expires_at",
-                                             ferry_json_get_string(metadata, "expiresAt") ?: ""));
+        json_array_append_new(raw,
+                              json_pack("{s:s, s:s, s:s}", "client_name", name, "token", token, "expires_at",
+                                        ferry_json_get_string(metadata, "expiresAt") ?: ""));
     }
     cli_rows_sort(rows);
-    static const char *const headers[] = { "NAME", "TOKEN", "EXPIRES AT", NULL };
+    static const char *const headers[] = {"NAME", "TOKEN", "EXPIRES AT", NULL};
     return cli_print_list(format, headers, rows, raw, error) ? 0 : -1;
 }
 
 static int cmd_revoke_token(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *name = NULL;
@@ -235,7 +275,8 @@ static int cmd_revoke_token(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     gsize i;
     json_t *op;
-    json_array_foreach(tokens, i, op) {
+    json_array_foreach(tokens, i, op)
+    {
         json_t *request = json_object_get(json_object_get(op, "metadata"), "request");
         if (g_strcmp0(ferry_json_get_string(request, "name"), name) != 0)
             continue;
@@ -243,7 +284,8 @@ static int cmd_revoke_token(Cli *cli, int argc, char **argv, GError **error)
         g_autoptr(FerryResponse) response = ferry_client_request(client, "DELETE", path, NULL, NULL, error);
         return response != NULL ? 0 : -1;
     }
-    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "No certificate add token for member %s on remote", name);
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "No certificate add token for member %s on remote",
+                name);
     return -1;
 }
 
@@ -265,7 +307,8 @@ static char *resolve_certificate(FerryClient *client, const char *key, GError **
     char *found = NULL;
     gsize i;
     json_t *entry;
-    json_array_foreach(all, i, entry) {
+    json_array_foreach(all, i, entry)
+    {
         if (g_strcmp0(ferry_json_get_string(entry, "name"), key) != 0)
             continue;
         if (found != NULL) {
@@ -284,7 +327,7 @@ static char *resolve_certificate(FerryClient *client, const char *key, GError **
 static int cmd_remove(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *key = NULL;
@@ -302,7 +345,7 @@ static int cmd_remove(Cli *cli, int argc, char **argv, GError **error)
 static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 {
     g_autoptr(GPtrArray) args = NULL;
-    const CliOption options[] = { { NULL } };
+    const CliOption options[] = {{NULL}};
     if (!cli_parse(cli, argc, argv, options, &args, error) || !cli_check_args(cli, args, 1, 1, error))
         return -1;
     g_autofree char *key = NULL;
@@ -318,12 +361,14 @@ static int cmd_show(Cli *cli, int argc, char **argv, GError **error)
 }
 
 const CliCommand cli_config_trust_commands[] = {
-    { "add", NULL, "[<remote>:]<name>", "Add new trusted client",
-      "This will issue a trust token to be used by the client to add itself to the trust store.", cmd_add, NULL },
-    { "list", "ls", "[<remote>:]", "List trusted clients", NULL, cmd_list, NULL },
-    { "list-tokens", NULL, "[<remote>:]", "List all active certificate add tokens", NULL, cmd_list_tokens, NULL },
-    { "remove", "rm", "[<remote>:]<fingerprint>|<name>", "Remove trusted client", NULL, cmd_remove, NULL },
-    { "revoke-token", NULL, "[<remote>:]<name>", "Revoke certificate add token", NULL, cmd_revoke_token, NULL },
-    { "show", NULL, "[<remote>:]<fingerprint>|<name>", "Show trust configurations", NULL, cmd_show, NULL },
-    { NULL },
+    {"add", NULL, "[<remote>:]<name>", "Add new trusted client",
+     "This will issue a trust token to be used by the client to add itself to the trust store.", cmd_add,
+     NULL},
+    {"list", "ls", "[<remote>:]", "List trusted clients", NULL, cmd_list, NULL},
+    {"list-tokens", NULL, "[<remote>:]", "List all active certificate add tokens", NULL, cmd_list_tokens,
+     NULL},
+    {"remove", "rm", "[<remote>:]<fingerprint>|<name>", "Remove trusted client", NULL, cmd_remove, NULL},
+    {"revoke-token", NULL, "[<remote>:]<name>", "Revoke certificate add token", NULL, cmd_revoke_token, NULL},
+    {"show", NULL, "[<remote>:]<fingerprint>|<name>", "Show trust configurations", NULL, cmd_show, NULL},
+    {NULL},
 };

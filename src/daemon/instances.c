@@ -383,6 +383,12 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
     return doc;
 }
 
+static char *instance_rootfs(FerryPool *pool, const char *volume)
+{
+    g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
+    return g_build_filename(volume_path, "rootfs", NULL);
+}
+
 typedef struct {
     FerryOperation *op;
 } UnpackProgress;
@@ -423,8 +429,7 @@ static gboolean fill_from_image(FerryDaemon *daemon, FerryOperation *op, FerryPo
             return FALSE;
         if (shift == NULL)
             return TRUE;
-        g_autofree char *rootfs = g_build_filename(ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume),
-                                                   "rootfs", NULL);
+        g_autofree char *rootfs = instance_rootfs(pool, volume);
         return ferry_idmap_shift_tree(rootfs, shift->host_base, cancellable, error);
     }
     g_autofree char *path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
@@ -463,7 +468,7 @@ gboolean ferry_instance_create_finish(FerryDaemon *daemon, FerryOperation *op, c
             return FALSE;
     } else {
         g_autofree char *rootfs =
-            g_build_filename(ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume), "rootfs", NULL);
+            instance_rootfs(pool, volume);
         if (g_mkdir(rootfs, 0755) < 0) {
             ferry_set_error_errno(error, errno, "Failed to create %s", rootfs);
             return FALSE;
@@ -511,7 +516,7 @@ static gboolean write_lxc_config(FerryDaemon *daemon, const char *project, const
     g_autofree char *lxcpath = lxc_path(daemon);
     g_autofree char *lxc_name = ferry_instance_volume_name(project, name);
     g_autofree char *rootfs =
-        g_build_filename(ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, lxc_name), "rootfs", NULL);
+        instance_rootfs(pool, lxc_name);
     g_autofree char *log_dir = ferry_daemon_path(daemon, "logs", lxc_name, NULL);
     g_autofree char *log_file = g_build_filename(log_dir, "lxc.log", NULL);
     g_autofree char *console_log = g_build_filename(log_dir, "console.log", NULL);
@@ -572,7 +577,7 @@ static gboolean reconcile_idmap(FerryDaemon *daemon, const char *project, const 
         return TRUE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
     g_autofree char *rootfs =
-        g_build_filename(ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume), "rootfs", NULL);
+        instance_rootfs(pool, volume);
     FerryIdmap wanted = default_idmap();
     gint64 delta = privileged ? -(gint64)current.host_base : (gint64)wanted.host_base;
     if (!ferry_idmap_shift_tree(rootfs, delta, NULL, error)) {

@@ -2,12 +2,16 @@
  *   ferryd [--dir DIR] [--log-level LEVEL]      run in the foreground
  *   ferryd waitready [--dir DIR] [--timeout N]   wait until the daemon answers on its unix socket
  *   ferryd forkstart|forkexec ...                internal helpers (liblxc must not fork from our threads) */
+#include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <gio/gunixsocketaddress.h>
 #include <glib-unix.h>
 #include <locale.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "daemon.h"
 #include "ferry-config.h"
@@ -64,6 +68,31 @@ static gboolean on_terminate(gpointer user_data)
     g_message("Received termination signal, shutting down (instances keep running)");
     g_main_loop_quit(daemon->loop);
     return G_SOURCE_REMOVE;
+}
+
+/* One daemon per directory: a second would take over the unix socket (and remove it when it stops) and manage the
+ * same database and containers. The lock is on the directory itself and goes with the process, however it ends;
+ * close-on-exec keeps it out of the helpers and containers we start. Returns the descriptor, or -1. */
+static int lock_daemon_dir(const char *dir)
+{
+    if (g_mkdir_with_parents(dir, 0711) < 0) {
+        fprintf(stderr, "Error: Failed to create %s: %s\n", dir, g_strerror(errno));
+        return -1;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "Error: Failed to open %s: %s\n", dir, g_strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            fprintf(stderr, "Error: Another ferryd is already running in %s\n", dir);
+        else
+            fprintf(stderr, "Error: Failed to lock %s: %s\n", dir, g_strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 /* One GET /1.0 over the unix socket; TRUE when the daemon answered 200. */
@@ -148,17 +177,20 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc > 1) {
-        fprintf(stderr, "Error: unknown subcommand \"%s\"\n", argv[1]);
+        fprintf(stderr, "Error: Unknown subcommand \"%s\"\n", argv[1]);
         return 2;
     }
     if (log_level != NULL && !parse_log_level(log_level)) {
-        fprintf(stderr, "Error: invalid log level \"%s\" (debug, info, warning, error)\n", log_level);
+        fprintf(stderr, "Error: Invalid log level \"%s\" (debug, info, warning, error)\n", log_level);
         return 2;
     }
     g_log_set_writer_func(write_log, NULL, NULL);
     /* Peers vanish mid-write; that is an error to handle, not a reason to die. */
     signal(SIGPIPE, SIG_IGN);
 
+    int lock_fd = lock_daemon_dir(dir != NULL ? dir : default_dir());
+    if (lock_fd < 0)
+        return 1;
     g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
     FerryDaemon *daemon = ferry_daemon_new(dir != NULL ? dir : default_dir(), self, &error);
     if (daemon == NULL || !ferry_daemon_start(daemon, &error)) {
@@ -172,6 +204,7 @@ int main(int argc, char **argv)
     g_unix_signal_add(SIGINT, on_terminate, daemon);
     g_main_loop_run(daemon->loop);
     ferry_daemon_free(daemon);
+    close(lock_fd);
     g_info("ferryd stopped");
     return 0;
 }

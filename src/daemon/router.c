@@ -96,6 +96,7 @@ static const FerryRoute routes[] = {
     {"GET", "/1.0/storage-pools/{pool}/volumes", api_volumes_get, FALSE},
     {"GET", "/1.0/storage-pools/{pool}/volumes/{type}", api_volumes_type_get, FALSE},
     {"GET", "/1.0/storage-pools/{pool}/volumes/{type}/{volume}", api_volume_get, FALSE},
+    {"GET", "/1.0/storage-pools/{pool}/volumes/{type}/{volume}/snapshots/{snapshot}", api_volume_get, FALSE},
 
     {"GET", "/1.0/networks", api_networks_get, FALSE},
 };

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "response.h"
 #include "router.h"
+#include "trust.h"
 
 #include <fcntl.h>
 #include <glib/gstdio.h>
@@ -46,9 +47,32 @@ static void on_got_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_da
     }
 }
 
+/* An untrusted client can only redeem a trust token: a few hundred bytes. Its body is kept to this size and never
+ * streamed to disk, so that nobody without a certificate can fill our memory or disk. */
+#define MAX_UNTRUSTED_BODY (64 * 1024)
+
+static void on_untrusted_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer user_data)
+{
+    SoupMessageBody *body = soup_server_message_get_request_body(msg);
+    if (g_object_get_data(G_OBJECT(msg), "ferry-body-too-large") != NULL)
+        return;
+    if (body->length + g_bytes_get_size(chunk) > MAX_UNTRUSTED_BODY) {
+        g_object_set_data(G_OBJECT(msg), "ferry-body-too-large", GINT_TO_POINTER(TRUE));
+        soup_message_body_truncate(body);
+        return;
+    }
+    soup_message_body_append_bytes(body, chunk);
+}
+
 static void on_got_headers(SoupServerMessage *msg, gpointer user_data)
 {
     FerryDaemon *daemon = user_data;
+    if (g_object_get_data(G_OBJECT(msg), "ferry-https") != NULL && !ferry_trust_check_client(daemon, msg, NULL)) {
+        /* on_untrusted_chunk accumulates instead, up to the limit; handle_request turns it back on to read. */
+        soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
+        g_signal_connect(msg, "got-chunk", G_CALLBACK(on_untrusted_chunk), NULL);
+        return;
+    }
     SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
     const char *content_type = soup_message_headers_get_content_type(headers, NULL);
     const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
@@ -78,6 +102,9 @@ static gboolean accept_any_client_certificate(SoupServerMessage *msg, GTlsCertif
 
 static void on_request_started(SoupServer *server, SoupServerMessage *msg, gpointer user_data)
 {
+    FerryDaemon *daemon = user_data;
+    if (server != daemon->unix_server)
+        g_object_set_data(G_OBJECT(msg), "ferry-https", GINT_TO_POINTER(TRUE));
     g_signal_connect(msg, "accept-certificate", G_CALLBACK(accept_any_client_certificate), NULL);
     g_signal_connect(msg, "got-headers", G_CALLBACK(on_got_headers), user_data);
 }
@@ -87,6 +114,11 @@ static void handle_request(SoupServer *server, SoupServerMessage *msg, const cha
 {
     FerryDaemon *daemon = user_data;
     gboolean via_unix_socket = server == daemon->unix_server;
+    if (g_object_get_data(G_OBJECT(msg), "ferry-body-too-large") != NULL) {
+        ferry_response_send_error(msg, 413, "Request body too large");
+        return;
+    }
+    soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), TRUE);
     Upload *upload = g_object_get_data(G_OBJECT(msg), "ferry-upload");
     if (upload != NULL && upload->failed) {
         ferry_response_send_error(msg, 500, "Failed to store the uploaded data");
@@ -152,7 +184,8 @@ static GSocketAddress *parse_listen_address(const char *address, GError **error)
         host != NULL && port != 0 ? g_inet_socket_address_new_from_string(host, (guint)port) : NULL;
     if (socket_address == NULL)
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                    "Invalid listen address \"%s\": expected IP:port (a literal IP address, port 1-65535)", address);
+                    "Invalid listen address \"%s\": expected IP:port (a literal IP address, port 1-65535)",
+                    address);
     return socket_address;
 }
 

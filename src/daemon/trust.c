@@ -5,6 +5,9 @@
 #include "operations.h"
 #include "tls_cert.h"
 
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
 /* Tokens not redeemed within a day are useless; core.remote_token_expiry overrides (Incus's key). */
 #define DEFAULT_TOKEN_EXPIRY_SECONDS (24 * 3600)
 
@@ -40,42 +43,114 @@ gboolean ferry_trust_add_certificate(FerryDaemon *daemon, const char *name, cons
     return ferry_db_create(daemon->db, FERRY_KIND_CERTIFICATE, "", "", fingerprint, doc, error);
 }
 
+/* Append every global unicast address of this host in family (G_SOCKET_FAMILY_INVALID: both) as "ip:port". */
+static void append_host_addresses(json_t *addresses, GSocketFamily family, guint port)
+{
+    struct ifaddrs *interfaces = NULL;
+    if (getifaddrs(&interfaces) < 0)
+        return;
+    for (struct ifaddrs *entry = interfaces; entry != NULL; entry = entry->ifa_next) {
+        if (entry->ifa_addr == NULL ||
+            (entry->ifa_addr->sa_family != AF_INET && entry->ifa_addr->sa_family != AF_INET6))
+            continue;
+        gsize length = entry->ifa_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                             : sizeof(struct sockaddr_in6);
+        g_autoptr(GSocketAddress) native = g_socket_address_new_from_native(entry->ifa_addr, length);
+        GInetAddress *ip = g_inet_socket_address_get_address(G_INET_SOCKET_ADDRESS(native));
+        if ((family != G_SOCKET_FAMILY_INVALID && g_inet_address_get_family(ip) != family) ||
+            g_inet_address_get_is_loopback(ip) || g_inet_address_get_is_link_local(ip) ||
+            g_inet_address_get_is_any(ip))
+            continue;
+        g_autofree char *text = g_inet_address_to_string(ip);
+        json_array_append_new(addresses, g_inet_address_get_family(ip) == G_SOCKET_FAMILY_IPV6
+                                             ? json_sprintf("[%s]:%u", text, port)
+                                             : json_sprintf("%s:%u", text, port));
+    }
+    freeifaddrs(interfaces);
+}
+
 json_t *ferry_trust_server_addresses(FerryDaemon *daemon)
 {
     json_t *addresses = json_array();
-    if (daemon->https_address == NULL || *daemon->https_address == '\0')
-        return addresses;
     const char *address = daemon->https_address;
-    /* A wildcard listener (":8443", "0.0.0.0:8443") is reachable on loopback at least. */
-    if (address[0] == ':')
-        json_array_append_new(addresses, json_sprintf("127.0.0.1%s", address));
-    else if (g_str_has_prefix(address, "0.0.0.0:"))
-        json_array_append_new(addresses, json_sprintf("127.0.0.1%s", address + 7));
-    else if (g_str_has_prefix(address, "[::]:"))
-        json_array_append_new(addresses, json_sprintf("[::1]%s", address + 4));
-    else
-        json_array_append_new(addresses, json_string(address));
+    if (address == NULL || *address == '\0')
+        return addresses;
+    g_autofree char *host = NULL;
+    guint port = 8443;
+    if (address[0] == ':') {
+        host = g_strdup("::");
+        port = (guint)g_ascii_strtoull(address + 1, NULL, 10);
+    } else {
+        g_autoptr(GSocketConnectable) parsed = g_network_address_parse(address, 8443, NULL);
+        if (parsed == NULL) {
+            json_array_append_new(addresses, json_string(address));
+            return addresses;
+        }
+        host = g_strdup(g_network_address_get_hostname(G_NETWORK_ADDRESS(parsed)));
+        port = g_network_address_get_port(G_NETWORK_ADDRESS(parsed));
+    }
+    g_autoptr(GInetAddress) ip = g_inet_address_new_from_string(host);
+    if (ip == NULL || !g_inet_address_get_is_any(ip)) {
+        /* Always with the port: a bare "127.0.0.1" listens on 8443 and clients must be told so. */
+        json_array_append_new(addresses, strchr(host, ':') != NULL ? json_sprintf("[%s]:%u", host, port)
+                                                                    : json_sprintf("%s:%u", host, port));
+        return addresses;
+    }
+    /* A wildcard listener is reached on the host's own addresses, as Incus lists them ("0.0.0.0" means IPv4
+     * only, "::" both); loopback comes last so a token still works on this machine when it has no other. */
+    gboolean ipv4_only = g_inet_address_get_family(ip) == G_SOCKET_FAMILY_IPV4;
+    append_host_addresses(addresses, ipv4_only ? G_SOCKET_FAMILY_IPV4 : G_SOCKET_FAMILY_INVALID, port);
+    json_array_append_new(addresses, json_sprintf("127.0.0.1:%u", port));
     return addresses;
 }
 
-static gint64 token_expiry_seconds(FerryDaemon *daemon)
+GDateTime *ferry_trust_expiry_after(GDateTime *from, const char *expression, GError **error)
 {
-    g_autofree char *configured = ferry_db_config_get(daemon->db, "core.remote_token_expiry");
-    if (configured == NULL || *configured == '\0')
-        return DEFAULT_TOKEN_EXPIRY_SECONDS;
-    /* Incus takes Go-like durations; accept "<n>s|m|h|d". */
-    char *end = NULL;
-    gint64 value = g_ascii_strtoll(configured, &end, 10);
-    switch (end != NULL ? *end : 0) {
-    case 'm':
-        return value * 60;
-    case 'h':
-        return value * 3600;
-    case 'd':
-        return value * 86400;
-    default:
-        return value;
+    const char *unit = expression;
+    while (g_ascii_isdigit(*unit))
+        unit++;
+    g_autofree char *digits = g_strndup(expression, unit - expression);
+    guint64 count = 0;
+    if (unit == expression || unit[0] == '\0' || unit[1] != '\0' ||
+        !g_ascii_string_to_unsigned(digits, 10, 0, 1000000, &count, NULL) ||
+        strchr("SsMHhdwmy", *unit) == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid expiry expression \"%s\" (expected <count><unit>, unit one of S M H d w m y)",
+                    expression);
+        return NULL;
     }
+    gint n = (gint)count;
+    switch (*unit) {
+    case 'S':
+    case 's':
+        return g_date_time_add_seconds(from, n);
+    case 'M':
+        return g_date_time_add_minutes(from, n);
+    case 'H':
+    case 'h':
+        return g_date_time_add_hours(from, n);
+    case 'd':
+        return g_date_time_add_days(from, n);
+    case 'w':
+        return g_date_time_add_weeks(from, n);
+    case 'm': /* months, as in Incus: "15M" is fifteen minutes */
+        return g_date_time_add_months(from, n);
+    default:
+        return g_date_time_add_years(from, n);
+    }
+}
+
+/* When a token made now expires, in unix seconds, rounded up so it lives at least as long as configured. */
+static gint64 token_expires_at(FerryDaemon *daemon)
+{
+    g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+    g_autofree char *configured = ferry_db_config_get(daemon->db, "core.remote_token_expiry");
+    g_autoptr(GDateTime) expires = NULL;
+    if (configured != NULL && *configured != '\0')
+        expires = ferry_trust_expiry_after(now, configured, NULL);
+    if (expires == NULL)
+        expires = g_date_time_add_seconds(now, DEFAULT_TOKEN_EXPIRY_SECONDS);
+    return g_date_time_to_unix(expires) + (g_date_time_get_microsecond(expires) > 0 ? 1 : 0);
 }
 
 static json_t *token_metadata(FerryDaemon *daemon, json_t *doc)
@@ -99,7 +174,7 @@ static FerryOperation *token_operation(FerryDaemon *daemon, json_t *doc)
 FerryOperation *ferry_trust_create_token(FerryDaemon *daemon, const char *name, GError **error)
 {
     g_autofree char *secret = ferry_random_secret();
-    gint64 expires_at = g_get_real_time() / G_USEC_PER_SEC + token_expiry_seconds(daemon);
+    gint64 expires_at = token_expires_at(daemon);
     g_autoptr(json_t) doc = json_pack("{s:s, s:s, s:I, s:o}", "name", name, "secret", secret, "expires_at",
                                       (json_int_t)expires_at, "addresses", ferry_trust_server_addresses(daemon));
     FerryOperation *op = token_operation(daemon, doc);
@@ -115,7 +190,6 @@ FerryOperation *ferry_trust_create_token(FerryDaemon *daemon, const char *name, 
 char *ferry_trust_redeem_token(FerryDaemon *daemon, const char *secret, GError **error)
 {
     g_autoptr(json_t) tokens = ferry_db_list(daemon->db, FERRY_KIND_TOKEN, "", "");
-    gint64 now = g_get_real_time() / G_USEC_PER_SEC;
     json_t *match = NULL;
     size_t index;
     json_t *token;
@@ -132,7 +206,7 @@ char *ferry_trust_redeem_token(FerryDaemon *daemon, const char *secret, GError *
     g_autoptr(json_t) row = ferry_db_get(daemon->db, FERRY_KIND_TOKEN, "", "", id, NULL);
     ferry_db_delete(daemon->db, FERRY_KIND_TOKEN, "", "", id, NULL);
     g_autoptr(FerryOperation) op = ferry_operations_lookup(daemon->operations, id);
-    if (json_integer_value(json_object_get(match, "expires_at")) < now) {
+    if (json_integer_value(json_object_get(match, "expires_at")) * G_USEC_PER_SEC <= g_get_real_time()) {
         if (op != NULL)
             ferry_operation_finish(op, FALSE, "Token expired");
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_FORBIDDEN, "Trust token has expired");

@@ -28,6 +28,10 @@ char *ferry_trust_redeem_token(FerryDaemon *daemon, const char *secret, GError *
 /* Recreate the token operations of pending tokens after a restart. */
 void ferry_trust_restore_tokens(FerryDaemon *daemon);
 
+/* from plus an Incus expiry expression "<count><unit>": S seconds, M minutes, H hours, d days, w weeks,
+ * m months, y years (lowercase s and h are taken too). NULL and a 400 error when the expression is not one. */
+GDateTime *ferry_trust_expiry_after(GDateTime *from, const char *expression, GError **error);
+
 /* Addresses a client can reach us on ("127.0.0.1:8443"), for tokens and GET /1.0. */
 json_t *ferry_trust_server_addresses(FerryDaemon *daemon);
 

@@ -15,8 +15,8 @@
 struct _FerryClient {
     GMainContext *context;
     SoupSession *session;
-    char *base_url;      /* scheme://host[:port], no trailing slash */
-    char *address;       /* for messages */
+    char *base_url; /* scheme://host[:port], no trailing slash */
+    char *address;  /* for messages */
     char *project;
     gboolean is_unix;
     GTlsCertificate *client_cert;
@@ -38,12 +38,12 @@ static FerryClient *client_new(const char *base_url, const char *address, GSocke
     g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
     g_autofree char *agent = g_strdup_printf("ferry %s", FERRY_VERSION);
     if (connectable != NULL)
-        client->session = soup_session_new_with_options("remote-connectable", connectable, "user-agent", agent,
-                                                        "timeout", 0, "idle-timeout", 0, NULL);
+        client->session = soup_session_new_with_options("remote-connectable", connectable, "user-agent",
+                                                        agent, "timeout", 0, "idle-timeout", 0, NULL);
     else
         /* No TLS database: no CA can vouch for a server, only the pin in accept-certificate. */
-        client->session = soup_session_new_with_options("tls-database", NULL, "user-agent", agent, "timeout", 0,
-                                                        "idle-timeout", 0, NULL);
+        client->session = soup_session_new_with_options("tls-database", NULL, "user-agent", agent, "timeout",
+                                                        0, "idle-timeout", 0, NULL);
     return client;
 }
 
@@ -56,13 +56,14 @@ FerryClient *ferry_client_new_unix(const char *socket_path)
     return client;
 }
 
-FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cert, GTlsCertificate *server_cert,
-                                    const char *server_fingerprint, GError **error)
+FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cert,
+                                    GTlsCertificate *server_cert, const char *server_fingerprint,
+                                    GError **error)
 {
     g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
     if (uri == NULL || g_strcmp0(g_uri_get_scheme(uri), "https") != 0 || g_uri_get_host(uri) == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid server address %s (want https://host:port)",
-                    url);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid server address %s (want https://host:port)", url);
         return NULL;
     }
     int port = g_uri_get_port(uri);
@@ -246,7 +247,7 @@ static void on_send_done(GObject *source, GAsyncResult *result, gpointer user_da
 /* Send msg and read the whole body, running the client's context meanwhile. */
 static GBytes *send_message(FerryClient *client, SoupMessage *msg, GError **error)
 {
-    SendState state = { 0 };
+    SendState state = {0};
     g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
 
     soup_session_send_and_read_async(client->session, msg, G_PRIORITY_DEFAULT, NULL, on_send_done, &state);
@@ -273,8 +274,9 @@ static FerryResponse *parse_response(FerryClient *client, SoupMessage *msg, GByt
         int code = status >= 400 && status < 600 ? (int)status : FERRY_ERROR_INTERNAL;
         const char *reason = soup_message_get_reason_phrase(msg);
         g_autofree char *text = length > 0 ? g_strstrip(g_strndup(data, MIN(length, 200))) : NULL;
-        g_set_error(error, FERRY_ERROR, code, "Unexpected response from %s: %u %s%s%s", client->address, status,
-                    reason != NULL ? reason : "", text != NULL && *text ? ": " : "", text != NULL ? text : "");
+        g_set_error(error, FERRY_ERROR, code, "Unexpected response from %s: %u %s%s%s", client->address,
+                    status, reason != NULL ? reason : "", text != NULL && *text ? ": " : "",
+                    text != NULL ? text : "");
         return NULL;
     }
 
@@ -379,7 +381,8 @@ gboolean ferry_progress_from_operation(const json_t *operation, FerryProgress *p
      * "Unpack: 45% (4.23GB/s)", "fs_progress": "c1: 123.45MB (12.3MB/s)"... */
     const char *key;
     json_t *value;
-    json_object_foreach((json_t *)metadata, key, value) {
+    json_object_foreach((json_t *)metadata, key, value)
+    {
         if (json_is_string(value) && g_str_has_suffix(key, "_progress")) {
             progress->text = json_string_value(value);
             return TRUE;
@@ -396,7 +399,7 @@ struct _FerryOperationWatch {
     GCancellable *cancellable;
     SoupWebsocketConnection *events;
     gboolean events_pending;
-    json_t *last_seen;   /* the operation as the last event showed it */
+    json_t *last_seen; /* the operation as the last event showed it */
     SoupMessage *wait_msg;
     GCancellable *wait_cancellable;
     SendState wait;
@@ -475,6 +478,9 @@ FerryOperationWatch *ferry_client_watch_operation(FerryClient *client, const cha
             watch->events_pending = TRUE;
             soup_session_websocket_connect_async(client->session, events_msg, NULL, NULL, G_PRIORITY_DEFAULT,
                                                  watch->cancellable, on_events_connected, watch);
+            /* Whoever needs the events must not miss the last one: be subscribed before going on. */
+            while (follow_events && watch->events_pending)
+                g_main_context_iteration(client->context, TRUE);
         }
     }
     g_autofree char *path = ferry_api_path("operations", watch->operation_id, "wait", NULL);
@@ -570,8 +576,9 @@ void ferry_operation_watch_free(FerryOperationWatch *watch)
     g_free(watch);
 }
 
-gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation, FerryProgressFunc progress,
-                                          gpointer user_data, json_t **operation_out, GError **error)
+gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation,
+                                          FerryProgressFunc progress, gpointer user_data,
+                                          json_t **operation_out, GError **error)
 {
     g_autoptr(FerryOperationWatch) watch =
         ferry_client_watch_operation(client, operation, progress, user_data, operation_out != NULL);
@@ -581,7 +588,8 @@ gboolean ferry_client_wait_operation_full(FerryClient *client, const char *opera
 json_t *ferry_client_wait_operation(FerryClient *client, const char *operation, FerryProgressFunc progress,
                                     gpointer user_data, GError **error)
 {
-    g_autoptr(FerryOperationWatch) watch = ferry_client_watch_operation(client, operation, progress, user_data, FALSE);
+    g_autoptr(FerryOperationWatch) watch =
+        ferry_client_watch_operation(client, operation, progress, user_data, FALSE);
     json_t *op = NULL;
     if (!ferry_operation_watch_finish(watch, &op, error)) {
         if (op != NULL)
@@ -628,8 +636,8 @@ static void on_wrote_body_data(SoupMessage *msg, guint chunk_size, gpointer user
         return;
     upload->last_report = now;
     double elapsed = (double)(now - upload->started) / G_USEC_PER_SEC;
-    FerryProgress progress = { "Uploading", NULL, upload->done, upload->total,
-                               elapsed > 0.2 ? (gint64)(upload->done / elapsed) : -1 };
+    FerryProgress progress = {"Uploading", NULL, upload->done, upload->total,
+                              elapsed > 0.2 ? (gint64)(upload->done / elapsed) : -1};
     upload->progress(&progress, upload->user_data);
 }
 
@@ -641,7 +649,8 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
     g_autoptr(GFileInputStream) input = g_file_read(file, NULL, error);
     if (input == NULL)
         return NULL;
-    g_autoptr(GFileInfo) info = g_file_input_stream_query_info(input, G_FILE_ATTRIBUTE_STANDARD_SIZE, NULL, error);
+    g_autoptr(GFileInfo) info =
+        g_file_input_stream_query_info(input, G_FILE_ATTRIBUTE_STANDARD_SIZE, NULL, error);
     if (info == NULL)
         return NULL;
 
@@ -654,7 +663,7 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
     for (gsize i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
         soup_message_headers_replace(request_headers, headers[i], headers[i + 1]);
 
-    UploadProgress upload = { progress, user_data, 0, size, g_get_monotonic_time(), 0 };
+    UploadProgress upload = {progress, user_data, 0, size, g_get_monotonic_time(), 0};
     if (progress != NULL)
         g_signal_connect(msg, "wrote-body-data", G_CALLBACK(on_wrote_body_data), &upload);
 
@@ -685,7 +694,7 @@ SoupWebsocketConnection *ferry_client_websocket(FerryClient *client, const char 
     if (msg == NULL)
         return NULL;
 
-    WebsocketState state = { 0 };
+    WebsocketState state = {0};
     g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
     soup_session_websocket_connect_async(client->session, msg, NULL, NULL, G_PRIORITY_DEFAULT, NULL,
                                          on_websocket_connected, &state);
@@ -694,8 +703,8 @@ SoupWebsocketConnection *ferry_client_websocket(FerryClient *client, const char 
     if (state.error != NULL) {
         /* The upgrade was refused: an Incus error response (bad secret, unknown operation). */
         if (state.error->domain == SOUP_WEBSOCKET_ERROR && soup_message_get_status(msg) >= 400) {
-            g_set_error(error, FERRY_ERROR, (int)soup_message_get_status(msg), "Failed to open websocket %s: %s",
-                        path, soup_message_get_reason_phrase(msg));
+            g_set_error(error, FERRY_ERROR, (int)soup_message_get_status(msg),
+                        "Failed to open websocket %s: %s", path, soup_message_get_reason_phrase(msg));
         } else {
             set_transport_error(client, state.error, error);
         }

@@ -25,8 +25,9 @@ FerryClient *ferry_client_new_unix(const char *socket_path);
  * The peer must present server_cert, or a certificate whose SHA-256 fingerprint is server_fingerprint;
  * with neither, any certificate is accepted and can be read back with ferry_client_get_peer_certificate
  * (for a user to confirm before trusting it). */
-FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cert, GTlsCertificate *server_cert,
-                                    const char *server_fingerprint, GError **error);
+FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cert,
+                                    GTlsCertificate *server_cert, const char *server_fingerprint,
+                                    GError **error);
 
 void ferry_client_free(FerryClient *client);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryClient, ferry_client_free)
@@ -49,11 +50,11 @@ char *ferry_api_path(const char *first_segment, ...) G_GNUC_NULL_TERMINATED;
 
 /* A decoded non-error response envelope. */
 typedef struct {
-    char *type;        /* "sync" or "async" */
-    int status_code;   /* 200, or 100 for a created operation */
-    char *operation;   /* async: "/1.0/operations/<uuid>" */
-    char *etag;        /* the ETag header, when sent */
-    json_t *metadata;  /* never NULL (json null when absent) */
+    char *type;       /* "sync" or "async" */
+    int status_code;  /* 200, or 100 for a created operation */
+    char *operation;  /* async: "/1.0/operations/<uuid>" */
+    char *etag;       /* the ETag header, when sent */
+    json_t *metadata; /* never NULL (json null when absent) */
 } FerryResponse;
 
 void ferry_response_free(FerryResponse *response);
@@ -73,11 +74,11 @@ GBytes *ferry_client_get_raw(FerryClient *client, const char *path, GError **err
 
 /* Progress of a long action, from an operation's metadata or a local transfer. */
 typedef struct {
-    const char *stage;  /* what is going on ("Unpack", "Uploading image", an instance name), or NULL */
-    const char *text;   /* Incus's free-form progress ("45% (12.30MB/s)") when that is all there is, or NULL */
-    gint64 done;        /* bytes done, -1 unknown */
-    gint64 total;       /* bytes in all, -1 unknown */
-    gint64 rate;        /* bytes per second, -1 unknown */
+    const char *stage; /* what is going on ("Unpack", "Uploading image", an instance name), or NULL */
+    const char *text;  /* Incus's free-form progress ("45% (12.30MB/s)") when that is all there is, or NULL */
+    gint64 done;       /* bytes done, -1 unknown */
+    gint64 total;      /* bytes in all, -1 unknown */
+    gint64 rate;       /* bytes per second, -1 unknown */
 } FerryProgress;
 
 typedef void (*FerryProgressFunc)(const FerryProgress *progress, gpointer user_data);
@@ -97,8 +98,9 @@ json_t *ferry_client_wait_operation(FerryClient *client, const char *operation, 
                                     gpointer user_data, GError **error);
 /* The same, handing back the final operation in operation_out whether it succeeded or not (exec's exit
  * status is in the metadata of a failed operation too); operation_out stays NULL when there is none. */
-gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation, FerryProgressFunc progress,
-                                          gpointer user_data, json_t **operation_out, GError **error);
+gboolean ferry_client_wait_operation_full(FerryClient *client, const char *operation,
+                                          FerryProgressFunc progress, gpointer user_data,
+                                          json_t **operation_out, GError **error);
 
 /* Following an operation without blocking: the wait request (and, with progress or follow_events, the
  * events websocket) start at once and make headway whenever the client's context runs. Start one before

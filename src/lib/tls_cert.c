@@ -52,7 +52,8 @@ gboolean ferry_tls_cert_generate(FerryCertKind kind, char **cert_pem_out, char *
 
     if (gnutls_failed(gnutls_x509_privkey_init(&key), "Failed to initialise key", error))
         return FALSE;
-    ret = gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP384R1), 0);
+    ret = gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP384R1),
+                                       0);
     if (gnutls_failed(ret, "Failed to generate key", error))
         return FALSE;
 
@@ -120,10 +121,10 @@ gboolean ferry_tls_cert_generate(FerryCertKind kind, char **cert_pem_out, char *
     if (gnutls_failed(ret, "Failed to sign certificate", error))
         return FALSE;
 
-    gnutls_datum_t cert_pem = { NULL, 0 };
-    gnutls_datum_t key_pem = { NULL, 0 };
-    if (gnutls_failed(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &cert_pem), "Failed to export certificate",
-                      error))
+    gnutls_datum_t cert_pem = {NULL, 0};
+    gnutls_datum_t key_pem = {NULL, 0};
+    if (gnutls_failed(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &cert_pem),
+                      "Failed to export certificate", error))
         return FALSE;
     ret = gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &key_pem);
     if (gnutls_failed(ret, "Failed to export key", error)) {
@@ -173,7 +174,7 @@ char *ferry_tls_cert_fingerprint_der(const guint8 *der, gsize length)
 static gboolean import_pem(gnutls_x509_crt_t *crt_out, const char *pem, gsize length, GError **error)
 {
     g_auto(gnutls_x509_crt_t) crt = NULL;
-    gnutls_datum_t datum = { (unsigned char *)pem, (unsigned int)length };
+    gnutls_datum_t datum = {(unsigned char *)pem, (unsigned int)length};
 
     if (gnutls_failed(gnutls_x509_crt_init(&crt), "Failed to initialise certificate", error))
         return FALSE;
@@ -189,7 +190,7 @@ static gboolean import_pem(gnutls_x509_crt_t *crt_out, const char *pem, gsize le
 char *ferry_tls_cert_fingerprint_pem(const char *pem, gssize length, GError **error)
 {
     g_auto(gnutls_x509_crt_t) crt = NULL;
-    gnutls_datum_t der = { NULL, 0 };
+    gnutls_datum_t der = {NULL, 0};
 
     if (!import_pem(&crt, pem, length < 0 ? strlen(pem) : (gsize)length, error))
         return NULL;

@@ -178,7 +178,8 @@ def image_seeds():
         "full.tar": tar_bytes(full),
         "vm.tar": tar_bytes([entry("metadata.yaml", data=METADATA), entry("rootfs.img", data=b"QFI\xfb")]),
         "no-metadata.tar": tar_bytes(minimal()[1:]),
-        "no-architecture.tar": tar_bytes([entry("metadata.yaml", data=b"creation_date: 1\n")] + minimal()[1:]),
+        "no-architecture.tar": tar_bytes([entry("metadata.yaml", data=b"creation_date: 1\n")]
+                                         + minimal()[1:]),
         "bad-yaml.tar": tar_bytes([entry("metadata.yaml", data=b"a: &x [1]\nb: *x\n")] + minimal()[1:]),
         "dotdot.tar": tar_bytes(minimal([entry("../x", data=b"pwned\n")])),
         "dotdot-inner.tar": tar_bytes(minimal([entry("rootfs/a/../../../x", data=b"pwned\n")])),
@@ -197,7 +198,9 @@ def image_seeds():
             entry("rootfs/link/x", data=b"inside\n"),
         ])),
         "hardlink-abs.tar": tar_bytes(minimal([entry("rootfs/passwd", tarfile.LNKTYPE, link="/etc/passwd")])),
-        "hardlink-outside.tar": tar_bytes(minimal([entry("rootfs/m", tarfile.LNKTYPE, link="metadata.yaml")])),
+        "hardlink-outside.tar": tar_bytes(minimal([
+            entry("rootfs/m", tarfile.LNKTYPE, link="metadata.yaml"),
+        ])),
         "hardlink-through-symlink.tar": tar_bytes(minimal([
             entry("rootfs/etc", tarfile.SYMTYPE, link="/etc"),
             entry("rootfs/passwd", tarfile.LNKTYPE, link="rootfs/etc/passwd"),

@@ -70,13 +70,6 @@ FerryResponse *api_certificates_post(FerryRequest *request)
 {
     FerryDaemon *daemon = request->daemon;
     GError *error = NULL;
-    if (request->body == NULL)
-        return ferry_response_error_new(400, "Missing request body");
-    const char *type = ferry_json_get_string(request->body, "type");
-    if (type != NULL && *type != '\0' && !g_str_equal(type, "client"))
-        return ferry_response_error_new(400, "Unsupported certificate type \"%s\" (only \"client\")", type);
-    const char *name = ferry_json_get_string(request->body, "name");
-
     if (!request->trusted) {
         /* The one thing an untrusted client may do: redeem a token for its own TLS certificate. */
         const char *secret = ferry_json_get_string(request->body, "trust_token");
@@ -100,6 +93,16 @@ FerryResponse *api_certificates_post(FerryRequest *request)
         ferry_events_lifecycle(daemon->events, NULL, "certificate-created", "/1.0/certificates");
         return ferry_response_created(NULL, "/1.0/certificates");
     }
+
+    if (request->body == NULL)
+        return ferry_response_error_new(400, "Missing request body");
+    const char *type = ferry_json_get_string(request->body, "type");
+    if (type != NULL && *type != '\0' && !g_str_equal(type, "client"))
+        return ferry_response_error_new(400, "Unsupported certificate type \"%s\" (only \"client\")", type);
+    const char *name = ferry_json_get_string(request->body, "name");
+    /* ferry has no project restrictions yet: a restricted certificate would silently get full access. */
+    if (ferry_json_get_bool(request->body, "restricted", FALSE))
+        return ferry_response_error_new(400, "Restricted certificates are not supported");
 
     if (ferry_json_get_bool(request->body, "token", FALSE)) {
         if (name == NULL || *name == '\0')
@@ -165,6 +168,8 @@ FerryResponse *api_certificate_put(FerryRequest *request)
     g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_CERTIFICATE, "", "", fingerprint, &error);
     if (doc == NULL)
         return ferry_response_error(error);
+    if (request->body != NULL && ferry_json_get_bool(request->body, "restricted", FALSE))
+        return ferry_response_error_new(400, "Restricted certificates are not supported");
     const char *name = request->body != NULL ? ferry_json_get_string(request->body, "name") : NULL;
     const char *description = request->body != NULL ? ferry_json_get_string(request->body, "description") : NULL;
     if (name != NULL) {

@@ -18,7 +18,7 @@ static const char *const api_extensions[] = {
     "container_stateless_copy", "container_only_migration", "storage_api", "event_lifecycle", "instances",
     "instance_all_projects", "container_full", "projects", "certificate_token", "container_exec_user_group_cwd",
     "api_os", "explicit_trust_token", "container_push_target", "migration_progress", "instance_snapshot_never",
-    "operation_description", "image_profiles", "server_supported_storage_drivers", "api_filtering", "instance_create_start",
+    "operation_description", "image_profiles", "server_supported_storage_drivers", "api_filtering", "instance_create_start", "resources",
 };
 
 /* Server config keys users may set. */
@@ -69,10 +69,27 @@ FerryResponse *api_server_get(FerryRequest *request)
                             json_string(request->via_unix_socket ? "root" : request->client_fingerprint));
     }
     FerryResponse *response = ferry_response_sync(server);
-    g_autoptr(json_t) config = ferry_db_config_all(daemon->db);
-    g_autofree char *etag = ferry_response_etag_of(config);
-    ferry_response_set_etag(response, etag);
+    /* The ETag is a hash of the config: untrusted clients see neither. */
+    if (request->trusted) {
+        g_autoptr(json_t) config = ferry_db_config_all(daemon->db);
+        g_autofree char *etag = ferry_response_etag_of(config);
+        ferry_response_set_etag(response, etag);
+    }
     return response;
+}
+
+/* What the HTTPS listener can bind: checked before it is touched, so a bad value leaves the current one alone. */
+static gboolean valid_listen_address(const char *address)
+{
+    guint64 port = 0;
+    if (address[0] == ':')
+        return g_ascii_string_to_unsigned(address + 1, 10, 1, G_MAXUINT16, &port, NULL);
+    g_autoptr(GSocketConnectable) parsed = g_network_address_parse(address, 8443, NULL);
+    if (parsed == NULL || g_network_address_get_port(G_NETWORK_ADDRESS(parsed)) == 0)
+        return FALSE;
+    const char *host = g_network_address_get_hostname(G_NETWORK_ADDRESS(parsed));
+    g_autoptr(GInetAddress) ip = g_inet_address_new_from_string(host);
+    return ip != NULL;
 }
 
 static gboolean validate_server_key(const char *key, const char *value, GError **error)
@@ -81,6 +98,21 @@ static gboolean validate_server_key(const char *key, const char *value, GError *
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid config: Unknown server configuration key: %s",
                     key);
         return FALSE;
+    }
+    if (g_str_equal(key, "core.https_address") && *value != '\0' && !valid_listen_address(value)) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid value for \"core.https_address\": \"%s\" is not IP:port (a literal IP address, "
+                    "port 1-65535) or :port",
+                    value);
+        return FALSE;
+    }
+    if (g_str_equal(key, "core.remote_token_expiry") && *value != '\0') {
+        g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+        g_autoptr(GDateTime) expiry = ferry_trust_expiry_after(now, value, error);
+        if (expiry == NULL) {
+            g_prefix_error(error, "Invalid value for \"core.remote_token_expiry\": ");
+            return FALSE;
+        }
     }
     if (g_str_equal(key, "migration.bandwidth") && *value != '\0') {
         gint64 bytes;

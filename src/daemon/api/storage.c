@@ -209,7 +209,8 @@ typedef struct {
     GHashTable *config; /* create: filled in by the driver */
     char *storage_dir;
     char *disks_dir;
-    FerryPool *pool; /* create: the new pool; delete: the pool, taken out of the daemon's table */
+    FerryPool *pool;     /* create: the new pool; delete: the pool, taken out of the daemon's table */
+    gboolean was_loaded; /* delete: the pool came from the daemon's table (not a handle made for the job) */
 } PoolJob;
 
 static void pool_job_free(gpointer data)
@@ -302,7 +303,7 @@ static void pool_job_done(GObject *source, GAsyncResult *result, gpointer user_d
     } else {
         response = ferry_response_error(error);
         /* The pool is still there: give it back. */
-        if (job->kind == JOB_DELETE)
+        if (job->kind == JOB_DELETE && job->was_loaded)
             ferry_daemon_add_pool(job->daemon, g_steal_pointer(&job->pool));
     }
     pool_set_busy(job->name, FALSE);
@@ -508,6 +509,7 @@ FerryResponse *api_pool_delete(FerryRequest *request)
         g_free(stolen_key);
     g_mutex_unlock(&daemon->pools_lock);
     FerryPool *pool = stolen_pool;
+    gboolean was_loaded = pool != NULL;
     if (pool == NULL) {
         /* Not mounted at start (its storage may be gone): a handle from the stored config will do. */
         g_autoptr(GHashTable) config = string_table(json_object_get(doc, "config"));
@@ -521,6 +523,7 @@ FerryResponse *api_pool_delete(FerryRequest *request)
     job->kind = JOB_DELETE;
     job->name = g_strdup(name);
     job->pool = pool;
+    job->was_loaded = was_loaded;
     return run_job(request, job);
 }
 
@@ -724,7 +727,8 @@ FerryResponse *api_volume_get(FerryRequest *request)
     const char *type = ferry_request_param(request, "type");
     const char *volume_name = ferry_request_param(request, "volume");
     const char *snapshot = ferry_request_param(request, "snapshot");
-    /* A snapshot is the volume "<volume>/<snapshot>" (route .../volumes/{type}/{volume}/snapshots/{snapshot}). */
+    /* A snapshot is the volume "<volume>/<snapshot>" (route
+     * .../volumes/{type}/{volume}/snapshots/{snapshot}). */
     g_autofree char *name =
         snapshot != NULL ? g_strdup_printf("%s/%s", volume_name, snapshot) : g_strdup(volume_name);
     const char *project = NULL;

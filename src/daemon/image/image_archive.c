@@ -81,7 +81,8 @@ static gboolean parse_metadata(GBytes *yaml, FerryImageInfo *info, GError **erro
     g_autofree char *arch_text = ferry_yaml_scalar_text(architecture);
     const char *canonical = ferry_image_architecture_canonical(arch_text);
     if (canonical == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsupported architecture \"%s\" in metadata.yaml",
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Unsupported architecture \"%s\" in metadata.yaml",
                     arch_text != NULL ? arch_text : "(not a string)");
         return FALSE;
     }
@@ -99,7 +100,8 @@ static gboolean parse_metadata(GBytes *yaml, FerryImageInfo *info, GError **erro
     info->properties = json_object();
     json_t *properties = json_object_get(metadata, "properties");
     if (properties != NULL && !json_is_null(properties) && !json_is_object(properties)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid metadata.yaml: properties is not a mapping");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Invalid metadata.yaml: properties is not a mapping");
         return FALSE;
     }
     const char *key;

@@ -97,7 +97,8 @@ static int open_beneath(int dirfd, const char *path, int flags)
     if (*path == '\0')
         return fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
     struct open_how how = {
-        .flags = flags | O_CLOEXEC, /* not O_NOFOLLOW: it would turn a final symlink into ENOTDIR, not ELOOP */
+        /* not O_NOFOLLOW: it would turn a final symlink into ENOTDIR instead of ELOOP */
+        .flags = flags | O_CLOEXEC,
         .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     };
     int fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
@@ -303,7 +304,8 @@ static GBytes *acl_from_entry(struct archive_entry *entry, int type, guint32 uid
             continue;
         }
         if (!ok) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Failed to extract \"%s\": ACL id %d is out of range",
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                        "Failed to extract \"%s\": ACL id %d is out of range",
                         path, qual);
             return NULL;
         }
@@ -581,7 +583,8 @@ static gboolean apply_metadata(ImageExtractor *extractor, const Target *target, 
     guint32 uid, gid;
     if (!shift_id(archive_entry_uid(entry), uid_shift, &uid) ||
         !shift_id(archive_entry_gid(entry), gid_shift, &gid)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Failed to extract \"%s\": owner is out of range",
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Failed to extract \"%s\": owner is out of range",
                     target->path);
         return FALSE;
     }
@@ -679,7 +682,8 @@ gboolean image_extractor_write(ImageExtractor *extractor, struct archive_entry *
         break;
     }
     default:
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Failed to extract \"%s\": unsupported file type",
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Failed to extract \"%s\": unsupported file type",
                     info->path);
         goto out;
     }

@@ -256,7 +256,8 @@ static char *normalise_path(const char *raw, GError **error)
         return NULL;
     }
     if (strlen(raw) >= PATH_MAX) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Unsafe path in image tarball: path is too long");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Unsafe path in image tarball: path is too long");
         return NULL;
     }
     g_auto(GStrv) components = g_strsplit(raw, "/", -1);
@@ -316,7 +317,8 @@ static gboolean check_type(const ImageEntryInfo *info, GError **error)
     case IMAGE_SECTION_ROOTFS:
     case IMAGE_SECTION_TEMPLATES:
         if (info->section_root && (info->hardlink != NULL || info->type != AE_IFDIR)) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid image tarball: %s is not a directory",
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                        "Invalid image tarball: %s is not a directory",
                         info->path);
             return FALSE;
         }
@@ -354,7 +356,8 @@ gboolean image_entry_describe(struct archive_entry *entry, ImageEntryInfo *info,
     if (raw == NULL)
         raw = archive_entry_pathname_utf8(entry);
     if (raw == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball has an entry without a valid name");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, 
+                    "Image tarball has an entry without a valid name");
         return FALSE;
     }
     info->path = normalise_path(raw, error);

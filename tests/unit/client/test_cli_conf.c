@@ -7,16 +7,15 @@
 
 #define FERRY_ERROR_QUARK g_quark_from_static_string("ferry-error-quark")
 
-static const char *const sample_yaml =
-    "default-remote: b\n"
-    "remotes:\n"
-    "  b:\n"
-    "    addr: https://10.0.0.2:8443\n"
-    "    protocol: incus\n"
-    "    public: false\n"
-    "    project: web\n"
-    "aliases:\n"
-    "  ll: list -c ns\n";
+static const char *const sample_yaml = "default-remote: b\n"
+                                       "remotes:\n"
+                                       "  b:\n"
+                                       "    addr: https://10.0.0.2:8443\n"
+                                       "    protocol: incus\n"
+                                       "    public: false\n"
+                                       "    project: web\n"
+                                       "aliases:\n"
+                                       "  ll: list -c ns\n";
 
 static void test_default_config(void)
 {
@@ -81,13 +80,13 @@ static void test_parse_remote(void)
     static const struct {
         const char *raw, *remote, *name;
     } cases[] = {
-        { "c1", "b", "c1" },
-        { "b:c1", "b", "c1" },
-        { "local:c1", "local", "c1" },
-        { "b:", "b", "" },
-        { "b:c1/snap0", "b", "c1/snap0" },
-        { "c1/snap:0", "b", "c1/snap:0" },
-        { "", "b", "" },
+        {"c1", "b", "c1"},
+        {"b:c1", "b", "c1"},
+        {"local:c1", "local", "c1"},
+        {"b:", "b", ""},
+        {"b:c1/snap0", "b", "c1/snap0"},
+        {"c1/snap:0", "b", "c1/snap:0"},
+        {"", "b", ""},
     };
     for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autofree char *remote = NULL, *name = NULL;
@@ -127,11 +126,13 @@ static void test_unix_socket_path(void)
 }
 
 /* A token as `incus config trust add` printed it (Incus 6.0.4, this machine). */
-static const char *const incus_token =
-    "eyJjbGllbnRfbmFtZSI6ImluY3VzbWFkZSIsImZpbmdlcnByaW50IjoiYTIyYTlkMzdkYzhlMzAwYjllOWJhY2IzNDg3Mzg5ZTI3YzM5NzMzN2"
-    "RjNGY2ODEzZmJmYzgwNTg5ZDVlM2U1OCIsImFkZHJlc3NlcyI6WyIxMjcuMC4wLjE6ODQ5OSJdLCJzZWNyZXQiOiIwODQ5MWIwZTI4Yzc1ZDUx"
-    "YTgyYmEwMGEzZTk0NDQ3MDc0Y2E4MzQ2ODJkMmIxN2EzNGRhMjZkZTllODY4NDdkIiwiZXhwaXJlc19hdCI6IjAwMDEtMDEtMDFUMDA6MDA6MD"
-    "BaIn0=";
+static const char *const incus_token = "eyJjbGllbnRfbmFtZSI6ImluY3VzbWFkZSIsImZpbmdlcnByaW50IjoiYTIyYTlkMzdkY"
+                                       "zhlMzAwYjllOWJhY2IzNDg3Mzg5ZTI3YzM5NzMzN2"
+                                       "RjNGY2ODEzZmJmYzgwNTg5ZDVlM2U1OCIsImFkZHJlc3NlcyI6WyIxMjcuMC4wLjE6ODQ"
+                                       "5OSJdLCJzZWNyZXQiOiIwODQ5MWIwZTI4Yzc1ZDUx"
+                                       "YTgyYmEwMGEzZTk0NDQ3MDc0Y2E4MzQ2ODJkMmIxN2EzNGRhMjZkZTllODY4NDdkIiwiZ"
+                                       "XhwaXJlc19hdCI6IjAwMDEtMDEtMDFUMDA6MDA6MD"
+                                       "BaIn0=";
 
 static void test_token_decode(void)
 {
@@ -155,9 +156,9 @@ static void test_token_decode(void)
 static void test_token_encode_matches_incus(void)
 {
     g_autoptr(json_t) addresses = json_pack("[s]", "127.0.0.1:8499");
-    g_autofree char *token = cli_token_encode("incusmade", "a22a9d37dc8e300b9e9bacb3487389e27c397337dc4f6813fbfc80589d5e3e58",
-                                              addresses,
-                                              "08491b0e28c75d51a82ba00a3e94447074ca834682d2b17a34da26de9e86847d", NULL);
+    g_autofree char *token =
+        cli_token_encode("incusmade", "a22a9d37dc8e300b9e9bacb3487389e27c397337dc4f6813fbfc80589d5e3e58",
+                         addresses, "08491b0e28c75d51a82ba00a3e94447074ca834682d2b17a34da26de9e86847d", NULL);
     g_assert_cmpstr(token, ==, incus_token);
 }
 
@@ -166,9 +167,9 @@ static void test_token_invalid(void)
     static const char *const bad[] = {
         "",
         "not a token!",
-        "aGVsbG8=",                                            /* "hello" */
-        "eyJzZWNyZXQiOiJ4In0=",                                /* {"secret":"x"} */
-        "eyJzZWNyZXQiOiJ4IiwiZmluZ2VycHJpbnQiOiJ5In0=",        /* no addresses */
+        "aGVsbG8=",                                     /* "hello" */
+        "eyJzZWNyZXQiOiJ4In0=",                         /* {"secret":"x"} */
+        "eyJzZWNyZXQiOiJ4IiwiZmluZ2VycHJpbnQiOiJ5In0=", /* no addresses */
         "https://127.0.0.1:8443",
     };
     for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {

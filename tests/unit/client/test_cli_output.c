@@ -16,7 +16,7 @@ static GPtrArray *sample_rows(void)
     return rows;
 }
 
-static const char *const list_headers[] = { "NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS", NULL };
+static const char *const list_headers[] = {"NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS", NULL};
 
 /* Both expectations are `incus list` output (6.0.4) for the same two instances. */
 static void test_table(void)
@@ -62,7 +62,7 @@ static void test_multiline_cell(void)
 {
     g_autoptr(GPtrArray) rows = cli_rows_new();
     cli_rows_add(rows, "c1", "10.0.0.2 (eth0)\n10.0.0.1 (eth1)", NULL);
-    static const char *const headers[] = { "NAME", "IPV4", NULL };
+    static const char *const headers[] = {"NAME", "IPV4", NULL};
     g_autoptr(GError) error = NULL;
     g_autofree char *text = cli_render_list("table", headers, rows, NULL, &error);
     g_assert_cmpstr(text, ==,
@@ -78,7 +78,7 @@ static void test_csv(void)
 {
     g_autoptr(GPtrArray) rows = cli_rows_new();
     cli_rows_add(rows, "a,b", "say \"hi\"", " lead", "two\nlines", "", NULL);
-    static const char *const headers[] = { "A", "B", "C", "D", "E", NULL };
+    static const char *const headers[] = {"A", "B", "C", "D", "E", NULL};
     g_autoptr(GError) error = NULL;
     g_autofree char *plain = cli_render_list("csv", headers, rows, NULL, &error);
     g_assert_cmpstr(plain, ==, "\"a,b\",\"say \"\"hi\"\"\",\" lead\",\"two\nlines\",\n");
@@ -114,7 +114,9 @@ static const char *const instances_json =
     "[{\"name\":\"web\",\"status\":\"Running\",\"type\":\"container\",\"ephemeral\":true,"
     "  \"snapshots\":[{\"name\":\"s0\"},{\"name\":\"s1\"}],"
     "  \"state\":{\"pid\":42,\"network\":{"
-    "    \"lo\":{\"type\":\"loopback\",\"addresses\":[{\"family\":\"inet\",\"address\":\"127.0.0.1\",\"scope\":\"local\"}]},"
+    "    "
+    "\"lo\":{\"type\":\"loopback\",\"addresses\":[{\"family\":\"inet\",\"address\":\"127.0.0.1\",\"scope\":"
+    "\"local\"}]},"
     "    \"eth0\":{\"type\":\"broadcast\",\"addresses\":["
     "      {\"family\":\"inet\",\"address\":\"10.0.3.5\",\"scope\":\"global\"},"
     "      {\"family\":\"inet6\",\"address\":\"fe80::1\",\"scope\":\"link\"},"
@@ -159,15 +161,15 @@ static void test_sizes(void)
 
 static void test_progress_format(void)
 {
-    FerryProgress known = { "Unpack", NULL, 500000000, 2000000000, 10000000 };
+    FerryProgress known = {"Unpack", NULL, 500000000, 2000000000, 10000000};
     g_autofree char *line = cli_progress_format(NULL, &known);
     g_assert_cmpstr(line, ==, "Unpack: 25% (500.00MB/2.00GB, 10.00MB/s, ETA 2m30s)");
 
-    FerryProgress unknown_total = { NULL, NULL, 1234567, -1, -1 };
+    FerryProgress unknown_total = {NULL, NULL, 1234567, -1, -1};
     g_autofree char *line2 = cli_progress_format("Transferring", &unknown_total);
     g_assert_cmpstr(line2, ==, "Transferring: 1.23MB");
 
-    FerryProgress text = { NULL, "Unpacking image: 15% (68.58MB/s)", -1, -1, -1 };
+    FerryProgress text = {NULL, "Unpacking image: 15% (68.58MB/s)", -1, -1, -1};
     g_autofree char *line3 = cli_progress_format("Retrieving image", &text);
     g_assert_cmpstr(line3, ==, "Retrieving image: Unpacking image: 15% (68.58MB/s)");
 }
@@ -175,9 +177,9 @@ static void test_progress_format(void)
 static void test_progress_from_operation(void)
 {
     FerryProgress progress;
-    g_autoptr(json_t) ferry_op = json_pack("{s:{s:{s:I, s:I, s:I, s:s}}}", "metadata", "progress", "done",
-                                           (json_int_t)10, "total", (json_int_t)100, "rate_bytes_per_sec",
-                                           (json_int_t)5, "stage", "fs");
+    g_autoptr(json_t) ferry_op =
+        json_pack("{s:{s:{s:I, s:I, s:I, s:s}}}", "metadata", "progress", "done", (json_int_t)10, "total",
+                  (json_int_t)100, "rate_bytes_per_sec", (json_int_t)5, "stage", "fs");
     g_assert_true(ferry_progress_from_operation(ferry_op, &progress));
     g_assert_cmpint(progress.done, ==, 10);
     g_assert_cmpint(progress.total, ==, 100);
@@ -185,10 +187,10 @@ static void test_progress_from_operation(void)
     g_assert_cmpstr(progress.stage, ==, "fs");
 
     /* Incus 6.0: a "progress" object of strings next to the text. */
-    g_autoptr(json_t) incus_op = json_pack("{s:{s:s, s:{s:s, s:s, s:s}}}", "metadata",
-                                           "create_instance_from_image_unpack_progress", "Unpacking image: 15%",
-                                           "progress", "stage", "create_instance_from_image_unpack", "percent", "15",
-                                           "speed", "68580000");
+    g_autoptr(json_t) incus_op =
+        json_pack("{s:{s:s, s:{s:s, s:s, s:s}}}", "metadata", "create_instance_from_image_unpack_progress",
+                  "Unpacking image: 15%", "progress", "stage", "create_instance_from_image_unpack", "percent",
+                  "15", "speed", "68580000");
     g_assert_true(ferry_progress_from_operation(incus_op, &progress));
     g_assert_cmpstr(progress.text, ==, "Unpacking image: 15%");
     g_assert_null(progress.stage);

@@ -47,15 +47,18 @@ static void handler(SoupServer *server, SoupServerMessage *msg, const char *path
     if (strcmp(path, "/1.0") == 0) {
         soup_message_headers_replace(soup_server_message_get_response_headers(msg), "ETag", "\"abc\"");
         g_autofree char *body = g_strdup_printf(
-            "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"operation\":\"\",\"error_code\":0,"
+            "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"operation\":\"\",\"error_code\":"
+            "0,"
             "\"error\":\"\",\"metadata\":{\"auth\":\"%s\",\"project\":\"%s\"}}",
             soup_server_message_get_tls_peer_certificate(msg) != NULL ? "trusted" : "untrusted",
-            query != NULL && g_hash_table_lookup(query, "project") ? (char *)g_hash_table_lookup(query, "project")
-                                                                   : "");
+            query != NULL && g_hash_table_lookup(query, "project")
+                ? (char *)g_hash_table_lookup(query, "project")
+                : "");
         reply_json(msg, 200, body);
     } else if (strcmp(path, "/1.0/instances/missing") == 0) {
-        reply_json(msg, 404, "{\"type\":\"error\",\"status\":\"\",\"status_code\":0,\"operation\":\"\","
-                             "\"error_code\":404,\"error\":\"Instance not found\",\"metadata\":null}");
+        reply_json(msg, 404,
+                   "{\"type\":\"error\",\"status\":\"\",\"status_code\":0,\"operation\":\"\","
+                   "\"error_code\":404,\"error\":\"Instance not found\",\"metadata\":null}");
     } else if (strcmp(path, "/1.0/garbage") == 0) {
         soup_server_message_set_status(msg, 502, NULL);
         soup_server_message_set_response(msg, "text/plain", SOUP_MEMORY_STATIC, "bad gateway", 11);
@@ -63,22 +66,27 @@ static void handler(SoupServer *server, SoupServerMessage *msg, const char *path
         SoupMessageBody *request = soup_server_message_get_request_body(msg);
         g_autoptr(json_t) body = ferry_json_parse(request->data, request->length, NULL);
         const char *name = ferry_json_get_string(body, "name");
-        const char *op = g_strcmp0(name, "fails") == 0 ? "op2" : g_strcmp0(name, "broken") == 0 ? "op3" : "op1";
-        g_autofree char *reply = g_strdup_printf(
-            "{\"type\":\"async\",\"status\":\"Operation created\",\"status_code\":100,"
-            "\"operation\":\"/1.0/operations/%s\",\"error_code\":0,\"error\":\"\",\"metadata\":{\"id\":\"%s\"}}",
-            op, op);
+        const char *op = g_strcmp0(name, "fails") == 0    ? "op2"
+                         : g_strcmp0(name, "broken") == 0 ? "op3"
+                                                          : "op1";
+        g_autofree char *reply =
+            g_strdup_printf("{\"type\":\"async\",\"status\":\"Operation created\",\"status_code\":100,"
+                            "\"operation\":\"/1.0/operations/"
+                            "%s\",\"error_code\":0,\"error\":\"\",\"metadata\":{\"id\":\"%s\"}}",
+                            op, op);
         reply_json(msg, 202, reply);
     } else if (strcmp(path, "/1.0/operations/op1/wait") == 0) {
         g_assert_cmpstr(g_hash_table_lookup(query, "timeout"), ==, "-1");
-        reply_json(msg, 200, "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"metadata\":"
-                             "{\"id\":\"op1\",\"status\":\"Success\",\"status_code\":200,\"err\":\"\","
-                             "\"metadata\":{\"return\":0}}}");
+        reply_json(msg, 200,
+                   "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"metadata\":"
+                   "{\"id\":\"op1\",\"status\":\"Success\",\"status_code\":200,\"err\":\"\","
+                   "\"metadata\":{\"return\":0}}}");
     } else if (strcmp(path, "/1.0/operations/op2/wait") == 0) {
         reply_json(msg, 400, "{\"type\":\"error\",\"error_code\":400,\"error\":\"Command not found\"}");
     } else if (strcmp(path, "/1.0/operations/op3/wait") == 0) {
-        reply_json(msg, 200, "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"metadata\":"
-                             "{\"id\":\"op3\",\"status\":\"Failure\",\"status_code\":400,\"err\":\"Boom\"}}");
+        reply_json(msg, 200,
+                   "{\"type\":\"sync\",\"status\":\"Success\",\"status_code\":200,\"metadata\":"
+                   "{\"id\":\"op3\",\"status\":\"Failure\",\"status_code\":400,\"err\":\"Boom\"}}");
     } else if (strcmp(path, "/1.0/images") == 0 && strcmp(method, "POST") == 0) {
         SoupMessageBody *request = soup_server_message_get_request_body(msg);
         SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
@@ -87,7 +95,8 @@ static void handler(SoupServer *server, SoupServerMessage *msg, const char *path
         g_free(ts->upload_filename);
         ts->upload_filename = g_strdup(soup_message_headers_get_one(headers, "X-Incus-filename"));
         g_assert_cmpstr(soup_message_headers_get_content_type(headers, NULL), ==, "application/octet-stream");
-        reply_json(msg, 200, "{\"type\":\"sync\",\"status_code\":200,\"metadata\":{\"fingerprint\":\"f00d\"}}");
+        reply_json(msg, 200,
+                   "{\"type\":\"sync\",\"status_code\":200,\"metadata\":{\"fingerprint\":\"f00d\"}}");
     } else {
         reply_json(msg, 404, "{\"type\":\"error\",\"error_code\":404,\"error\":\"not found\"}");
     }
@@ -134,8 +143,8 @@ static gpointer server_thread(gpointer user_data)
     soup_server_add_websocket_handler(ts->server, "/1.0/echo", NULL, NULL, on_ws, ts, NULL);
     soup_server_add_handler(ts->server, NULL, handler, ts, NULL);
     if (ts->https) {
-        g_assert_true(soup_server_listen_local(ts->server, 0, SOUP_SERVER_LISTEN_HTTPS | SOUP_SERVER_LISTEN_IPV4_ONLY,
-                                               &error));
+        g_assert_true(soup_server_listen_local(
+            ts->server, 0, SOUP_SERVER_LISTEN_HTTPS | SOUP_SERVER_LISTEN_IPV4_ONLY, &error));
         GSList *uris = soup_server_get_uris(ts->server);
         ts->port = g_uri_get_port(uris->data);
         g_slist_free_full(uris, (GDestroyNotify)g_uri_unref);
@@ -264,7 +273,8 @@ static void test_unix_requests(void)
     /* ...or with the operation in the Failure state. */
     json_object_set_new(body, "name", json_string("broken"));
     g_autoptr(json_t) final = NULL;
-    g_autoptr(FerryResponse) response = ferry_client_request(client, "POST", "/1.0/instances", body, NULL, &error);
+    g_autoptr(FerryResponse) response =
+        ferry_client_request(client, "POST", "/1.0/instances", body, NULL, &error);
     g_assert_cmpstr(response->type, ==, "async");
     g_assert_cmpstr(response->operation, ==, "/1.0/operations/op3");
     g_assert_false(ferry_client_wait_operation_full(client, response->operation, NULL, NULL, &final, &error));
@@ -276,9 +286,9 @@ static void test_unix_requests(void)
     int fd = g_file_open_tmp("ferry-upload-XXXXXX", &file, &error);
     g_assert_cmpint(fd, >=, 0);
     g_assert_true(g_file_set_contents(file, "image bytes", -1, &error));
-    const char *headers[] = { "X-Incus-filename", "image.tar.xz", NULL };
-    g_autoptr(FerryResponse) uploaded = ferry_client_upload_file(client, "POST", "/1.0/images", file, headers, NULL,
-                                                                 NULL, &error);
+    const char *headers[] = {"X-Incus-filename", "image.tar.xz", NULL};
+    g_autoptr(FerryResponse) uploaded =
+        ferry_client_upload_file(client, "POST", "/1.0/images", file, headers, NULL, NULL, &error);
     g_assert_no_error(error);
     g_assert_cmpstr(ferry_json_get_string(uploaded->metadata, "fingerprint"), ==, "f00d");
     g_assert_cmpstr(ts->uploaded, ==, "image bytes");

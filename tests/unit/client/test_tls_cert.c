@@ -9,7 +9,7 @@
 static gnutls_x509_crt_t import(const char *pem)
 {
     gnutls_x509_crt_t crt;
-    gnutls_datum_t datum = { (unsigned char *)pem, (unsigned int)strlen(pem) };
+    gnutls_datum_t datum = {(unsigned char *)pem, (unsigned int)strlen(pem)};
     g_assert_cmpint(gnutls_x509_crt_init(&crt), ==, 0);
     g_assert_cmpint(gnutls_x509_crt_import(crt, &datum, GNUTLS_X509_FMT_PEM), ==, 0);
     return crt;

@@ -88,7 +88,8 @@ void test_tarball_add_hardlink(TestTarball *tarball, const char *path, const cha
 void test_tarball_add_minimal_image(TestTarball *tarball, const char *architecture)
 {
     g_autofree char *metadata = architecture != NULL
-        ? g_strdup_printf("architecture: %s\ncreation_date: 1700000000\nproperties:\n  os: Debian\n", architecture)
+        ? g_strdup_printf("architecture: %s\ncreation_date: 1700000000\nproperties:\n  os: Debian\n",
+                          architecture)
         : g_strdup("creation_date: 1700000000\n");
     test_tarball_add_file(tarball, "metadata.yaml", 0644, metadata);
     test_tarball_add_dir(tarball, "rootfs");

@@ -202,7 +202,8 @@ static void test_inspect_gnu_tar(Fixture *f, gconstpointer data)
     g_assert_true(g_file_set_contents(utf8_name, "cert\n", -1, NULL));
     g_autofree char *xz = g_strconcat(f->tarball, ".xz", NULL);
     /* pax with UTF-8 names, which libarchive reads back even in the C locale */
-    const char *argv[] = {"tar", "--format=pax", "--numeric-owner", "--xattrs", "-C", src, "-cJf", xz, ".", NULL};
+    const char *argv[] = {"tar", "--format=pax", "--numeric-owner", "--xattrs", "-C", src, "-cJf", xz, ".",
+                          NULL};
     const char *envp[] = {"LC_ALL=C.UTF-8", "PATH=/usr/bin:/bin", NULL};
     int status;
     g_assert_true(g_spawn_sync(NULL, (char **)argv, (char **)envp, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL,
@@ -456,7 +457,8 @@ static void write_full_image(Fixture *f, const char *filter, char **sparse_out, 
                                 ARCHIVE_ENTRY_ACL_READ | ARCHIVE_ENTRY_ACL_WRITE | ARCHIVE_ENTRY_ACL_EXECUTE,
                                 ARCHIVE_ENTRY_ACL_USER_OBJ, -1, NULL);
     archive_entry_acl_add_entry(entry, ARCHIVE_ENTRY_ACL_TYPE_ACCESS,
-                                ARCHIVE_ENTRY_ACL_READ | ARCHIVE_ENTRY_ACL_EXECUTE, ARCHIVE_ENTRY_ACL_USER, 33,
+                                ARCHIVE_ENTRY_ACL_READ | ARCHIVE_ENTRY_ACL_EXECUTE, ARCHIVE_ENTRY_ACL_USER,
+                                33,
                                 "www-data");
     archive_entry_acl_add_entry(entry, ARCHIVE_ENTRY_ACL_TYPE_ACCESS,
                                 ARCHIVE_ENTRY_ACL_READ | ARCHIVE_ENTRY_ACL_WRITE | ARCHIVE_ENTRY_ACL_EXECUTE,

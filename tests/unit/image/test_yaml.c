@@ -94,7 +94,8 @@ static void test_parse_scalars(void)
         {"v: ~", "null"},          {"v: null", "null"},       {"v: NULL", "null"},
         {"v:", "null"},            {"v: true", "true"},       {"v: false", "false"},
         {"v: True", "\"True\""},   {"v: yes", "\"yes\""},     {"v: on", "\"on\""},
-        {"v: 0", "0"},             {"v: -17", "-17"},         {"v: 9223372036854775807", "9223372036854775807"},
+        {"v: 0", "0"},             {"v: -17", "-17"},
+        {"v: 9223372036854775807", "9223372036854775807"},
         {"v: 9223372036854775808", "\"9223372036854775808\""}, {"v: 0755", "\"0755\""},
         {"v: -0", "\"-0\""},       {"v: +1", "\"+1\""},       {"v: 0x10", "\"0x10\""},
         {"v: 1.5", "1.5"},         {"v: 22.04", "22.04"},     {"v: 20.10", "\"20.10\""},
@@ -129,7 +130,8 @@ static void test_parse_errors(void)
 {
     assert_parse_error("a: b\n c: d\n", "line 2");
     assert_parse_error("a: [1, 2\n", "Invalid YAML at line");
-    assert_parse_error("key: \"unterminated\n", "Invalid YAML at line 2, column 1: while scanning a quoted scalar");
+    assert_parse_error("key: \"unterminated\n",
+                       "Invalid YAML at line 2, column 1: while scanning a quoted scalar");
     assert_parse_error("a: 1\na: 2\n", "duplicate mapping key \"a\"");
     assert_parse_error("a: 1\n---\nb: 2\n", "multiple documents");
     assert_parse_error("? [a, b]\n: c\n", "complex mapping keys");
