@@ -189,6 +189,7 @@ void ferry_router_dispatch(FerryDaemon *daemon, SoupServerMessage *msg, gboolean
 {
     const char *method = soup_server_message_get_method(msg);
     const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
+    g_debug("%s %s", method, path);
     g_autoptr(GHashTable) params = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     g_autoptr(GHashTable) query = parse_query(msg);
 
@@ -197,6 +198,9 @@ void ferry_router_dispatch(FerryDaemon *daemon, SoupServerMessage *msg, gboolean
 
     g_autofree char *fingerprint = NULL;
     gboolean trusted = via_unix_socket || ferry_trust_check_client(daemon, msg, &fingerprint);
+    if (!via_unix_socket)
+        g_debug("HTTPS client certificate %s: %s", fingerprint != NULL ? fingerprint : "(none)",
+                trusted ? "trusted" : "untrusted");
 
     if (route == NULL) {
         /* Untrusted clients learn nothing about which paths exist. */

@@ -139,6 +139,22 @@ static SoupServer *server_new(FerryDaemon *daemon, GTlsCertificate *certificate)
     return server;
 }
 
+GTlsCertificate *ferry_server_peer_certificate(SoupServerMessage *msg)
+{
+    /* libsoup 3.2 reports the client certificate on the first request of a connection only, so keep it on
+     * the connection's socket for the requests that follow on the same connection. */
+    GSocket *socket = soup_server_message_get_socket(msg);
+    GTlsCertificate *certificate = soup_server_message_get_tls_peer_certificate(msg);
+    if (socket == NULL)
+        return certificate;
+    if (certificate != NULL) {
+        g_object_set_data_full(G_OBJECT(socket), "ferry-peer-certificate", g_object_ref(certificate),
+                               g_object_unref);
+        return certificate;
+    }
+    return g_object_get_data(G_OBJECT(socket), "ferry-peer-certificate");
+}
+
 SoupServer *ferry_server_new_unix(FerryDaemon *daemon, const char *socket_path, GError **error)
 {
     g_autoptr(GSocket) socket = g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, 0, error);

@@ -17,4 +17,7 @@ typedef void (*FerryWebsocketReadyFunc)(SoupWebsocketConnection *connection, gpo
 gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
                                        GError **error);
 
+/* The TLS client certificate of the connection msg arrived on (borrowed; NULL when none). */
+GTlsCertificate *ferry_server_peer_certificate(SoupServerMessage *msg);
+
 G_END_DECLS

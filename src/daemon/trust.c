@@ -1,6 +1,7 @@
 #include "trust.h"
 
 #include "error.h"
+#include "server.h"
 #include "json.h"
 #include "operations.h"
 #include "tls_cert.h"
@@ -13,7 +14,7 @@
 
 gboolean ferry_trust_check_client(FerryDaemon *daemon, SoupServerMessage *msg, char **fingerprint_out)
 {
-    GTlsCertificate *peer = soup_server_message_get_tls_peer_certificate(msg);
+    GTlsCertificate *peer = ferry_server_peer_certificate(msg);
     if (peer == NULL)
         return FALSE;
     g_autofree char *fingerprint = ferry_tls_cert_fingerprint(peer);

@@ -211,3 +211,28 @@ def test_interrupted_create_is_cleaned_up(ready_server):
     else:
         leftovers = os.listdir(os.path.join(s.dir, "storage-pools", "default", "containers"))
         assert leftovers == []
+
+
+def test_btrfs_pool_instances(server, busybox_image):
+    """On a btrfs pool (a loop file ferry creates), instances are snapshots of an unpacked image volume."""
+    s = server
+    s.init_storage(driver="btrfs", pool="fast", config={"size": "512MiB"})
+    s.import_image(busybox_image)
+    s.launch("b1")
+    assert s.exec("b1", ["sh", "-c", "echo on-btrfs > /root/f; cat /root/f"])[1] == b"on-btrfs\n"
+    s.call("POST", "/1.0/instances/b1/snapshots", {"name": "s0"})
+    s.exec("b1", ["rm", "/root/f"])
+    s.call("PUT", "/1.0/instances/b1", {"restore": "s0"})
+    assert s.exec("b1", ["cat", "/root/f"])[1] == b"on-btrfs\n"
+    pool = os.path.join(s.dir, "storage-pools", "fast")
+    volume = os.path.join(pool, "containers", "default_b1")
+    # A btrfs subvolume has inode number 256.
+    assert os.stat(volume).st_ino == 256
+    assert os.stat(os.path.join(pool, "containers-snapshots", "default_b1", "s0")).st_ino == 256
+    s.launch("b2", start=False)
+    usage = s.call("GET", "/1.0/storage-pools/fast/resources")
+    assert usage["space"]["total"] > 0
+    s.call("PUT", "/1.0/instances/b1/state", {"action": "stop", "force": True})
+    s.call("DELETE", "/1.0/instances/b1")
+    s.call("DELETE", "/1.0/instances/b2")
+    assert not os.path.exists(volume)

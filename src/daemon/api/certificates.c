@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include "error.h"
+#include "server.h"
 #include "events.h"
 #include "json.h"
 #include "names.h"
@@ -45,7 +46,7 @@ static char *request_certificate_pem(FerryRequest *request, GError **error)
         g_string_append(pem, "-----END CERTIFICATE-----\n");
         return g_string_free(pem, FALSE);
     }
-    GTlsCertificate *peer = soup_server_message_get_tls_peer_certificate(request->msg);
+    GTlsCertificate *peer = ferry_server_peer_certificate(request->msg);
     if (peer == NULL) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                     "No client certificate provided (send one in \"certificate\" or over TLS)");
@@ -81,7 +82,7 @@ FerryResponse *api_certificates_post(FerryRequest *request)
         g_autofree char *token_secret = secret_of_token(secret);
         if (token_secret != NULL)
             secret = token_secret;
-        GTlsCertificate *peer = soup_server_message_get_tls_peer_certificate(request->msg);
+        GTlsCertificate *peer = ferry_server_peer_certificate(request->msg);
         if (peer == NULL)
             return ferry_response_error_new(400, "A client certificate is required to redeem a trust token");
         g_autofree char *client_name = ferry_trust_redeem_token(daemon, secret, &error);
