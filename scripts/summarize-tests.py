@@ -6,17 +6,36 @@ import sys
 import xml.etree.ElementTree as ET
 
 
+def tap_counts(stdout):
+    """Subtests of a TAP test program: "ok N", "ok N # SKIP ...", "not ok N"."""
+    passed = failed = skipped = 0
+    for line in stdout.splitlines():
+        if line.startswith("not ok"):
+            failed += 1
+        elif line.startswith("ok"):
+            if "# SKIP" in line.upper():
+                skipped += 1
+            else:
+                passed += 1
+    return passed, failed, skipped
+
+
 def meson_counts(path):
+    """Each test program counts its TAP subtests; a program without TAP output counts once."""
     passed = failed = skipped = 0
     with open(path) as f:
         for line in f:
-            result = json.loads(line).get("result")
-            if result in ("OK", "EXPECTEDFAIL"):
+            entry = json.loads(line)
+            result = entry.get("result")
+            sub = tap_counts(entry.get("stdout") or "")
+            if sum(sub) and result in ("OK", "EXPECTEDFAIL", "SKIP"):
+                passed, failed, skipped = passed + sub[0], failed + sub[1], skipped + sub[2]
+            elif result in ("OK", "EXPECTEDFAIL"):
                 passed += 1
             elif result == "SKIP":
                 skipped += 1
             else:
-                failed += 1
+                failed += 1 + sub[1]
     return passed, failed, skipped
 
 

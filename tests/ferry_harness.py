@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("FERRY_BUILD_DIR", os.path.join(ROOT, "build"))
 FERRYD = os.path.join(BUILD, "src", "daemon", "ferryd")
 FERRY = os.path.join(BUILD, "src", "cli", "ferry")
+SANITIZED = os.environ.get("FERRY_SANITIZED") == "1"
 
 
 SERVER_NUMBERS = itertools.count()
@@ -89,7 +90,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        returncode = self.proc.returncode
         self.proc = None
+        if SANITIZED and sig == signal.SIGTERM:
+            # Under ASan+UBSan a clean stop must also be a clean report: no leak, no UB, no memory error.
+            report = self.log()
+            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                assert marker not in report, f"ferryd {self.name}: sanitizer report:\n{report}"
+            assert returncode == 0, f"ferryd {self.name} exited with {returncode}:\n{report}"
 
     def kill(self):
         self.stop(signal.SIGKILL)

@@ -187,13 +187,12 @@ int main(int argc, char **argv)
     g_log_set_writer_func(write_log, NULL, NULL);
     /* Trust is decided per request from the client certificate. A TLS session resumed from a ticket carries
      * no certificate through GIO, so the client would look untrusted: issue no tickets, and every connection
-     * makes a full handshake that presents its certificate. (Read by glib-networking's GnuTLS backend.) */
-    g_setenv("G_TLS_GNUTLS_PRIORITY", "NORMAL:%NO_TICKETS", FALSE);
+     * makes a full handshake that presents its certificate. And TLS 1.2 at least, as Incus requires (1.0 and
+     * 1.1 are deprecated, RFC 8996, and GnuTLS's defaults still take them). (Read by glib-networking's GnuTLS
+     * backend.) */
+    g_setenv("G_TLS_GNUTLS_PRIORITY", "NORMAL:%NO_TICKETS:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", FALSE);
     /* Peers vanish mid-write; that is an error to handle, not a reason to die. */
     signal(SIGPIPE, SIG_IGN);
-    /* TLS 1.2 at least, as Incus requires (1.0 and 1.1 are deprecated, RFC 8996); GnuTLS's defaults still take
-     * them. Set before the first TLS connection reads it; an administrator's own setting wins. */
-    g_setenv("G_TLS_GNUTLS_PRIORITY", "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", FALSE);
 
     int lock_fd = lock_daemon_dir(dir != NULL ? dir : default_dir());
     if (lock_fd < 0)

@@ -70,6 +70,7 @@ static void on_got_headers(SoupServerMessage *msg, gpointer user_data)
     if (g_object_get_data(G_OBJECT(msg), "ferry-https") != NULL && !ferry_trust_check_client(daemon, msg, NULL)) {
         /* on_untrusted_chunk accumulates instead, up to the limit; handle_request turns it back on to read. */
         soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
+        g_object_set_data(G_OBJECT(msg), "ferry-body-limited", GINT_TO_POINTER(TRUE));
         g_signal_connect(msg, "got-chunk", G_CALLBACK(on_untrusted_chunk), NULL);
         return;
     }
@@ -118,7 +119,8 @@ static void handle_request(SoupServer *server, SoupServerMessage *msg, const cha
         ferry_response_send_error(msg, 413, "Request body too large");
         return;
     }
-    soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), TRUE);
+    if (g_object_get_data(G_OBJECT(msg), "ferry-body-limited") != NULL)
+        soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), TRUE);
     Upload *upload = g_object_get_data(G_OBJECT(msg), "ferry-upload");
     if (upload != NULL && upload->failed) {
         ferry_response_send_error(msg, 500, "Failed to store the uploaded data");

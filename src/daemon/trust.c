@@ -121,24 +121,35 @@ GDateTime *ferry_trust_expiry_after(GDateTime *from, const char *expression, GEr
         return NULL;
     }
     gint n = (gint)count;
+    GDateTime *expiry;
     switch (*unit) {
     case 'S':
     case 's':
-        return g_date_time_add_seconds(from, n);
+        expiry = g_date_time_add_seconds(from, n);
+        break;
     case 'M':
-        return g_date_time_add_minutes(from, n);
+        expiry = g_date_time_add_minutes(from, n);
+        break;
     case 'H':
     case 'h':
-        return g_date_time_add_hours(from, n);
+        expiry = g_date_time_add_hours(from, n);
+        break;
     case 'd':
-        return g_date_time_add_days(from, n);
+        expiry = g_date_time_add_days(from, n);
+        break;
     case 'w':
-        return g_date_time_add_weeks(from, n);
+        expiry = g_date_time_add_weeks(from, n);
+        break;
     case 'm': /* months, as in Incus: "15M" is fifteen minutes */
-        return g_date_time_add_months(from, n);
+        expiry = g_date_time_add_months(from, n);
+        break;
     default:
-        return g_date_time_add_years(from, n);
+        expiry = g_date_time_add_years(from, n);
+        break;
     }
+    if (expiry == NULL) /* past the year 9999 */
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Expiry \"%s\" is too far in the future", expression);
+    return expiry;
 }
 
 /* When a token made now expires, in unix seconds, rounded up so it lives at least as long as configured. */

@@ -13,9 +13,7 @@ import struct
 import subprocess
 import time
 
-import pytest
-
-from conftest import FERRYD, free_port
+from conftest import FERRYD
 
 
 def run_ferryd(*args, timeout=30):

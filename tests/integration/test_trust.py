@@ -134,9 +134,9 @@ def incus_token(meta):
 
 
 def parse_time(text):
-    # Go's RFC 3339 with nanoseconds; Python wants at most microseconds.
-    head, _, frac = text.rstrip("Z").partition(".")
-    return datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.timezone.utc)
+    # Go's RFC 3339 in UTC with nanoseconds, which Python does not read; token expiries are whole seconds.
+    whole_seconds = text.rstrip("Z").partition(".")[0]
+    return datetime.datetime.fromisoformat(whole_seconds).replace(tzinfo=datetime.timezone.utc)
 
 
 # --- the listener --------------------------------------------------------------------------------------------------
@@ -168,6 +168,33 @@ def test_https_listener_and_server_certificate(server, certs):
     # ... and takes self-signed ones (the handshake succeeds); an unknown one is simply untrusted.
     assert Https(s, certs[0]).auth() == "untrusted"
     assert Https(s).auth() == "untrusted"
+
+
+def test_tls_versions_and_session_resumption(server, certs):
+    s = server
+    port = s.listen_https()
+    # TLS 1.2 and 1.3 only, as Incus (1.0 and 1.1 are deprecated, RFC 8996).
+    for version, ok in (("-tls1", False), ("-tls1_1", False), ("-tls1_2", True), ("-tls1_3", True)):
+        proc = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", version, "-cipher",
+                               "ALL:@SECLEVEL=0"], input=b"", capture_output=True, timeout=30)
+        assert (proc.returncode == 0) == ok, (version, proc.stdout[-2000:])
+
+    # A resumed TLS session would carry no client certificate through GIO and the client would look untrusted,
+    # so ferry issues no session tickets: clients offering their last session get a full handshake and trust.
+    s.call("POST", "/1.0/certificates", {"type": "client", "name": "resumer", "certificate": certs[3].pem})
+    client = Https(s, certs[3])
+    session = None
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with client.context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+                tls.sendall(b"GET /1.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+                assert not tls.session_reused
+                session = tls.session
+        body = json.loads(data.partition(b"\r\n\r\n")[2])
+        assert body["metadata"]["auth"] == "trusted", body
 
 
 def test_https_address_moves_and_bad_values_change_nothing(server):
@@ -223,9 +250,35 @@ def test_wildcard_and_default_port_addresses(server):
     assert addresses[-1] == f"127.0.0.1:{port}", addresses
     assert all(a.endswith(f":{port}") and not a.startswith(("0.0.0.0", "[")) for a in addresses), addresses
     assert Https(s, port=port).auth() == "untrusted"
-    s.call("PATCH", "/1.0", {"config": {"core.https_address": f"[::1]:{port}"}})
-    assert environment(s)["addresses"] == [f"[::1]:{port}"]
+    # A bare IP listens on Incus's default port, and clients are told which.
+    if bindable("127.0.0.2", 8443):
+        s.call("PATCH", "/1.0", {"config": {"core.https_address": "127.0.0.2"}})
+        assert environment(s)["addresses"] == ["127.0.0.2:8443"]
+        with socket.create_connection(("127.0.0.2", 8443), timeout=10):
+            pass
+        assert refused(port)
+    if ipv6_loopback():
+        s.call("PATCH", "/1.0", {"config": {"core.https_address": f"[::1]:{port}"}})
+        assert environment(s)["addresses"] == [f"[::1]:{port}"]
     s.call("PATCH", "/1.0", {"config": {"core.https_address": ""}})
+
+
+def bindable(host, port):
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def test_restart_keeps_address_certificate_trust_and_tokens(server, certs):
@@ -272,11 +325,11 @@ def test_untrusted_clients_reach_only_server_info(server, certs):
         requests = [
             ("GET", "/1.0/instances", None), ("POST", "/1.0/instances", {"name": "x"}),
             ("GET", "/1.0/instances/c1", None), ("GET", "/1.0/certificates", None),
-            ("GET", "/1.0/certificates?recursion=1", None), (
-                "GET", f"/1.0/certificates/{certs[0].fingerprint}", None),
+            ("GET", "/1.0/certificates?recursion=1", None),
+            ("GET", f"/1.0/certificates/{certs[0].fingerprint}", None),
             ("DELETE", f"/1.0/certificates/{certs[0].fingerprint}", None),
             ("PUT", "/1.0", {"config": {}}), ("PATCH", "/1.0", {"config": {"core.https_address": ""}}),
-            ("GET", "/1.0/operations", None), (f"GET", f"/1.0/operations/{op_id}", None),
+            ("GET", "/1.0/operations", None), ("GET", f"/1.0/operations/{op_id}", None),
             ("GET", f"/1.0/operations/{op_id}/wait?timeout=1", None), ("DELETE", f"/1.0/operations/{op_id}", None),
             ("GET", "/1.0/events", None), ("GET", "/1.0/images", None), ("GET", "/1.0/profiles/default", None),
             ("GET", "/1.0/storage-pools", None), ("GET", "/1.0/projects", None),
@@ -417,7 +470,7 @@ def test_token_expiry(server, certs):
         lifetime = parse_time(meta["expiresAt"]) - datetime.datetime.now(datetime.timezone.utc)
         assert expected - datetime.timedelta(seconds=5) < lifetime <= expected + datetime.timedelta(seconds=2), value
         s.call("DELETE", f"/1.0/operations/{op_id}")
-    for value in ("zzz", "1x", "-1S", "1", "S", "1 S", "1SS"):
+    for value in ("zzz", "1x", "-1S", "1", "S", "1 S", "1SS", "99999y", "99999999999S"):
         s.expect_error("PATCH", "/1.0", {"config": {"core.remote_token_expiry": value}}, status=400,
                        contains="expiry")
     assert s.call("GET", "/1.0")["config"]["core.remote_token_expiry"] == "1w"

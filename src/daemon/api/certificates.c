@@ -41,7 +41,8 @@ static char *request_certificate_pem(FerryRequest *request, GError **error)
         g_autofree guint8 *der = g_base64_decode(given, &length);
         g_autofree char *base64 = g_base64_encode(der, length);
         GString *pem = g_string_new("-----BEGIN CERTIFICATE-----\n");
-        for (gsize offset = 0; base64[offset] != '\0'; offset += 64)
+        gsize base64_length = strlen(base64);
+        for (gsize offset = 0; offset < base64_length; offset += 64)
             g_string_append_printf(pem, "%.64s\n", base64 + offset);
         g_string_append(pem, "-----END CERTIFICATE-----\n");
         return g_string_free(pem, FALSE);
