@@ -269,7 +269,8 @@ int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error)
             gboolean takes_value = (strcmp(flag, "--env") == 0 || strcmp(flag, "--cwd") == 0 ||
                                     strcmp(flag, "--user") == 0 || strcmp(flag, "--group") == 0 ||
                                     strcmp(flag, "--mode") == 0 || strcmp(flag, "--project") == 0);
-            if (takes_value)
+            /* A value-taking flag at the very end is left for cli_parse to report as missing its value. */
+            if (takes_value && split + 1 < argc)
                 split++;
             continue;
         }

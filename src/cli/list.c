@@ -274,15 +274,15 @@ int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error)
     if (args->len > 0) {
         const char *first = g_ptr_array_index(args, 0);
         const char *colon = strchr(first, ':');
-        g_autofree char *prefix = colon != NULL ? g_strndup(first, colon - first) : NULL;
-        if (prefix != NULL && strchr(prefix, '=') == NULL && cli_config_remote(cli->config, prefix) != NULL) {
-            remote = g_steal_pointer(&prefix);
-            if (colon[1] != '\0') {
-                first_rest = g_strdup(colon + 1);
+        /* As Incus: a first word with ':' and no '=' names a remote, which must exist ("nope:" is an error,
+         * not a filter that matches nothing). */
+        if (colon != NULL && strchr(first, '=') == NULL) {
+            if (!cli_config_parse_remote(cli->config, first, &remote, &first_rest, error))
+                return -1;
+            if (*first_rest != '\0')
                 g_ptr_array_index(args, 0) = first_rest;
-            } else {
+            else
                 first_filter = 1;
-            }
         }
     }
     if (columns == NULL)

@@ -34,6 +34,19 @@ static char *normalise_url(const char *addr, GError **error)
     return g_strdup_printf("https://%s:%d", host, port);
 }
 
+/* Base64 text that no host name or address looks like: long, or with characters hosts never have. */
+static gboolean looks_like_token(const char *text)
+{
+    gboolean base64_only_signs = FALSE;
+    for (const char *c = text; *c != '\0'; c++) {
+        if (*c == '+' || *c == '/' || *c == '=')
+            base64_only_signs = TRUE;
+        else if (!g_ascii_isalnum(*c))
+            return FALSE;
+    }
+    return base64_only_signs || strlen(text) >= 32;
+}
+
 static gboolean write_server_cert(CliConfig *config, const char *remote, GTlsCertificate *cert,
                                   GError **error)
 {
@@ -138,11 +151,12 @@ static int add_from_token(Cli *cli, const char *name, const char *token, json_t 
             g_propagate_error(error, g_steal_pointer(&attempt_error));
             return -1;
         }
-        g_string_append_printf(failures, "\n%s: %s", json_string_value(address), attempt_error->message);
+        g_string_append_printf(failures, "%s%s (%s)", failures->len ? "; " : "", json_string_value(address),
+                               attempt_error->message);
     }
     g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                "Unable to connect to any of the addresses in the token:%s",
-                failures->len ? failures->str : " none");
+                "Unable to connect to any of the addresses in the token: %s",
+                failures->len ? failures->str : "the token has none");
     return -1;
 }
 
@@ -240,9 +254,17 @@ static int cmd_add(Cli *cli, int argc, char **argv, GError **error)
         return -1;
     }
 
-    g_autoptr(json_t) decoded = strstr(addr, "://") == NULL ? cli_token_decode(addr, NULL) : NULL;
-    if (decoded != NULL)
-        return add_from_token(cli, name, addr, decoded, public, project, error);
+    if (strstr(addr, "://") == NULL) {
+        g_autoptr(GError) token_error = NULL;
+        g_autoptr(json_t) decoded = cli_token_decode(addr, &token_error);
+        if (decoded != NULL)
+            return add_from_token(cli, name, addr, decoded, public, project, error);
+        /* A damaged token would otherwise be looked up as a host name: say what is wrong with it instead. */
+        if (looks_like_token(addr)) {
+            g_propagate_error(error, g_steal_pointer(&token_error));
+            return -1;
+        }
+    }
     if (token != NULL) {
         g_autoptr(json_t) check = cli_token_decode(token, error);
         if (check == NULL)

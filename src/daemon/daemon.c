@@ -12,6 +12,7 @@
 
 #include <glib/gstdio.h>
 #include <stdarg.h>
+#include <string.h>
 
 char *ferry_daemon_path(FerryDaemon *daemon, const char *first, ...)
 {
@@ -130,6 +131,13 @@ static gboolean load_pools(FerryDaemon *daemon, GError **error)
     return TRUE;
 }
 
+/* Port of an "ip:port" / "[ip]:port" / ":port" listen address, 0 when there is none. */
+static guint port_of(const char *address)
+{
+    const char *colon = address != NULL ? strrchr(address, ':') : NULL;
+    return colon != NULL ? (guint)g_ascii_strtoull(colon + 1, NULL, 10) : 0;
+}
+
 gboolean ferry_daemon_set_https_address(FerryDaemon *daemon, const char *address, GError **error)
 {
     const char *wanted = address != NULL ? address : "";
@@ -138,12 +146,17 @@ gboolean ferry_daemon_set_https_address(FerryDaemon *daemon, const char *address
     SoupServer *replacement = NULL;
     if (*wanted != '\0') {
         replacement = ferry_server_new_https(daemon, wanted, error);
-        if (replacement == NULL && daemon->https_server != NULL) {
-            /* The new address may be the same port as the old listener: free it and try once more. */
+        /* Moving to another address on the same port (127.0.0.1:8443 -> 0.0.0.0:8443) needs the old listener
+         * gone first; if the new one still fails, the old one comes back. */
+        if (replacement == NULL && daemon->https_server != NULL && port_of(wanted) == port_of(daemon->https_address)) {
             soup_server_disconnect(daemon->https_server);
             g_clear_object(&daemon->https_server);
-            g_clear_error(error);
-            replacement = ferry_server_new_https(daemon, wanted, error);
+            g_autoptr(GError) retry_error = NULL;
+            replacement = ferry_server_new_https(daemon, wanted, &retry_error);
+            if (replacement != NULL)
+                g_clear_error(error);
+            else
+                daemon->https_server = ferry_server_new_https(daemon, daemon->https_address, NULL);
         }
         if (replacement == NULL)
             return FALSE;
@@ -173,8 +186,10 @@ gboolean ferry_daemon_start(FerryDaemon *daemon, GError **error)
     if (daemon->unix_server == NULL)
         return FALSE;
     g_autofree char *https_address = ferry_db_config_get(daemon->db, "core.https_address");
-    if (https_address != NULL && !ferry_daemon_set_https_address(daemon, https_address, error))
-        return FALSE;
+    g_autoptr(GError) https_error = NULL;
+    /* A busy port must not keep the unix socket down too: that is where the admin fixes the address. */
+    if (https_address != NULL && !ferry_daemon_set_https_address(daemon, https_address, &https_error))
+        g_warning("HTTPS listener not started: %s", https_error->message);
     ferry_trust_restore_tokens(daemon);
     return TRUE;
 }

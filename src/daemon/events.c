@@ -122,7 +122,7 @@ void ferry_events_emit(FerryEvents *events, const char *type, const char *projec
 
 void ferry_events_lifecycle(FerryEvents *events, const char *project, const char *action, const char *source)
 {
-    json_t *metadata = json_pack("{s:s, s:s, s:{}, s:s}", "action", action, "source", source, "context",
-                                 "requestor", "");
+    json_t *metadata = json_pack("{s:s, s:s, s:{}, s:{s:s, s:s, s:s}}", "action", action, "source", source,
+                                 "context", "requestor", "username", "", "protocol", "", "address", "");
     ferry_events_emit(events, "lifecycle", project, metadata);
 }

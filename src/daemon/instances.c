@@ -38,6 +38,12 @@ static char *lxc_path(FerryDaemon *daemon)
     return ferry_daemon_path(daemon, "containers", NULL);
 }
 
+static char *instance_rootfs(FerryPool *pool, const char *volume)
+{
+    g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
+    return g_build_filename(volume_path, "rootfs", NULL);
+}
+
 static char *instance_url(const char *project, const char *name)
 {
     if (g_str_equal(project, "default"))
@@ -279,7 +285,12 @@ static char *generate_name(FerryDaemon *daemon, const char *project)
     }
 }
 
-json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, json_t *request, GError **error)
+/* Everything a new instance needs checked before any data moves: project, name, profiles, config, devices, a
+ * root disk on an existing pool. base_config/base_devices/base_profiles come from a copy's source (NULL for a
+ * new instance); the request's values override them. Returns the document to store (without "creating"). */
+static json_t *validate_new_instance(FerryDaemon *daemon, const char *project, json_t *request, json_t *base_config,
+                                     json_t *base_devices, json_t *base_profiles, FerryPool **pool_out,
+                                     GError **error)
 {
     if (!ferry_db_exists(daemon->db, FERRY_KIND_PROJECT, "", "", project)) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Project \"%s\" not found", project);
@@ -291,11 +302,11 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
                     "Instance type \"%s\" is not supported yet (containers only)", type);
         return NULL;
     }
-    g_autofree char *name = g_strdup(ferry_json_get_string(request, "name"));
+    const char *name = ferry_json_get_string(request, "name");
     if (name == NULL || *name == '\0') {
-        g_free(name);
-        name = generate_name(daemon, project);
-        json_object_set_new(request, "name", json_string(name));
+        g_autofree char *generated = generate_name(daemon, project);
+        json_object_set_new(request, "name", json_string(generated));
+        name = ferry_json_get_string(request, "name");
     }
     if (!ferry_validate_instance_name(name, error))
         return NULL;
@@ -307,18 +318,24 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
         return NULL;
     json_t *profiles = json_object_get(request, "profiles");
     g_autoptr(json_t) profile_list = NULL;
-    if (profiles == NULL || json_is_null(profiles))
-        profile_list = json_pack("[s]", "default");
-    else if (json_is_array(profiles))
+    if (json_is_array(profiles))
         profile_list = json_deep_copy(profiles);
-    else {
+    else if (profiles != NULL && !json_is_null(profiles)) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid profiles: must be a list of names");
         return NULL;
-    }
-    g_autoptr(json_t) config = ferry_json_object_or_empty(request, "config");
-    g_autoptr(json_t) devices = ferry_json_object_or_empty(request, "devices");
-    if (!ferry_config_validate(config, FALSE, FALSE, error) || !ferry_devices_validate(devices, FALSE, error))
+    } else if (base_profiles != NULL)
+        profile_list = json_deep_copy(base_profiles);
+    else
+        profile_list = json_pack("[s]", "default");
+    g_autoptr(json_t) requested_config = ferry_json_object_or_empty(request, "config");
+    g_autoptr(json_t) requested_devices = ferry_json_object_or_empty(request, "devices");
+    if (!ferry_config_validate(requested_config, FALSE, FALSE, error) ||
+        !ferry_devices_validate(requested_devices, FALSE, error))
         return NULL;
+    g_autoptr(json_t) config = base_config != NULL ? json_deep_copy(base_config) : json_object();
+    json_object_update(config, requested_config);
+    g_autoptr(json_t) devices = base_devices != NULL ? json_deep_copy(base_devices) : json_object();
+    json_object_update(devices, requested_devices);
     g_autoptr(json_t) expanded_config = NULL;
     g_autoptr(json_t) expanded_devices = NULL;
     if (!ferry_config_expand(daemon->db, project, profile_list, config, devices, &expanded_config, &expanded_devices,
@@ -332,27 +349,71 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
     FerryPool *pool = ferry_daemon_get_pool(daemon, ferry_json_get_string(root, "pool"), error);
     if (pool == NULL)
         return NULL;
+    *pool_out = pool;
+    return json_pack("{s:s, s:s, s:O, s:O, s:O, s:b, s:s, s:s}", "type", "container", "architecture",
+                     ferry_json_get_string(request, "architecture") ?: "x86_64", "config", config, "devices", devices,
+                     "profiles", profile_list, "ephemeral", ferry_json_get_bool(request, "ephemeral", FALSE),
+                     "description", ferry_json_get_string(request, "description") ?: "", "pool",
+                     ferry_pool_get_name(pool));
+}
 
+/* Insert the row of an instance being created, marked "creating" and claimed, so a failure (or a restart)
+ * can find and remove it with its volume. */
+static gboolean insert_creating(FerryDaemon *daemon, const char *project, const char *name, json_t *doc,
+                                GError **error)
+{
+    json_object_set_new(doc, "creating", json_true());
+    g_autofree char *uuid = g_uuid_string_random();
+    json_object_set_new(json_object_get(doc, "config"), "volatile.uuid", json_string(uuid));
+    if (!ferry_daemon_claim_instance(daemon, project, name, "create", error))
+        return FALSE;
+    if (!ferry_db_create(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error)) {
+        ferry_daemon_release_instance(daemon, project, name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, json_t *request, GError **error)
+{
     json_t *source = json_object_get(request, "source");
     const char *source_type = source != NULL ? ferry_json_get_string(source, "type") : "none";
     if (source_type == NULL)
         source_type = "none";
+    if (!g_str_equal(source_type, "image") && !g_str_equal(source_type, "none")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED, "Instance source \"%s\" is not supported yet",
+                    source_type);
+        return NULL;
+    }
+    /* Resolve the image first: an unknown image is the most likely mistake and says the most. */
     g_autofree char *fingerprint = NULL;
-    g_autofree char *architecture = g_strdup(ferry_json_get_string(request, "architecture"));
+    g_autoptr(json_t) image = NULL;
     if (g_str_equal(source_type, "image")) {
-        if (ferry_json_get_string(source, "server") != NULL && *ferry_json_get_string(source, "server") != '\0') {
+        const char *server = ferry_json_get_string(source, "server");
+        if (server != NULL && *server != '\0') {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
                         "Images from remote image servers are not supported: import the image first");
+            return NULL;
+        }
+        if (!ferry_db_exists(daemon->db, FERRY_KIND_PROJECT, "", "", project)) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Project \"%s\" not found", project);
             return NULL;
         }
         fingerprint = ferry_image_resolve(daemon, project, source, error);
         if (fingerprint == NULL)
             return NULL;
-        g_autoptr(json_t) image = ferry_db_get(daemon->db, FERRY_KIND_IMAGE, project, "", fingerprint, error);
+        image = ferry_db_get(daemon->db, FERRY_KIND_IMAGE, project, "", fingerprint, error);
         if (image == NULL)
             return NULL;
-        if (architecture == NULL)
-            architecture = g_strdup(ferry_json_get_string(image, "architecture"));
+        if (ferry_json_get_string(request, "architecture") == NULL && ferry_json_get_string(image, "architecture"))
+            json_object_set_new(request, "architecture", json_string(ferry_json_get_string(image, "architecture")));
+    }
+    FerryPool *pool = NULL;
+    json_t *doc = validate_new_instance(daemon, project, request, NULL, NULL, NULL, &pool, error);
+    if (doc == NULL)
+        return NULL;
+    json_t *config = json_object_get(doc, "config");
+    if (image != NULL) {
         /* Record what the image says about itself, as Incus does with image.* keys. */
         const char *key;
         json_t *value;
@@ -362,31 +423,12 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
                 json_object_set(config, config_key, value);
         }
         json_object_set_new(config, "volatile.base_image", json_string(fingerprint));
-    } else if (!g_str_equal(source_type, "none")) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED, "Instance source \"%s\" is not supported yet",
-                    source_type);
-        return NULL;
     }
-    g_autofree char *uuid = g_uuid_string_random();
-    json_object_set_new(config, "volatile.uuid", json_string(uuid));
-    json_t *doc = json_pack("{s:s, s:s, s:O, s:O, s:O, s:b, s:s, s:s, s:b}", "type", "container", "architecture",
-                            architecture != NULL ? architecture : "x86_64", "config", config, "devices", devices,
-                            "profiles", profile_list, "ephemeral", ferry_json_get_bool(request, "ephemeral", FALSE),
-                            "description", ferry_json_get_string(request, "description") ?: "", "pool",
-                            ferry_pool_get_name(pool), "creating", TRUE);
-    if (!ferry_daemon_claim_instance(daemon, project, name, "create", error) ||
-        !ferry_db_create(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error)) {
-        ferry_daemon_release_instance(daemon, project, name);
+    if (!insert_creating(daemon, project, ferry_json_get_string(request, "name"), doc, error)) {
         json_decref(doc);
         return NULL;
     }
     return doc;
-}
-
-static char *instance_rootfs(FerryPool *pool, const char *volume)
-{
-    g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
-    return g_build_filename(volume_path, "rootfs", NULL);
 }
 
 typedef struct {

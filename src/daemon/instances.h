@@ -64,3 +64,18 @@ char *ferry_image_path(FerryDaemon *daemon, const char *fingerprint);
 void ferry_instances_recover(FerryDaemon *daemon);
 
 G_END_DECLS
+
+G_BEGIN_DECLS
+
+/* Keys of a source instance's config that travel with a copy: the user's keys, plus the volatile keys that
+ * describe the data itself (base image, on-disk id map). Everything else volatile is the source's own. */
+json_t *ferry_instance_config_for_copy(json_t *config);
+
+/* Same-server copy (source type "copy"): request is the POST /1.0/instances body; source.source is "name" or
+ * "name/snapshot" in source.project (default: the target project). Prepare checks everything and inserts the
+ * new row; finish copies the data (copy-on-write where the pool can) and the snapshots unless instance_only. */
+json_t *ferry_instance_copy_prepare(FerryDaemon *daemon, const char *project, json_t *request, GError **error);
+gboolean ferry_instance_copy_finish(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *name,
+                                    json_t *request, GError **error);
+
+G_END_DECLS
