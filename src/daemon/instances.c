@@ -995,3 +995,169 @@ void ferry_instances_recover(FerryDaemon *daemon)
         ferry_pool_cleanup_staging(pool, NULL);
     g_mutex_unlock(&daemon->pools_lock);
 }
+
+json_t *ferry_instance_config_for_copy(json_t *config)
+{
+    /* Incus keeps only the volatile keys that describe the data; the copy gets its own identity. */
+    static const char *const kept_volatile[] = {"volatile.base_image", "volatile.last_state.idmap",
+                                                "volatile.idmap.base", NULL};
+    json_t *copy = json_object();
+    const char *key;
+    json_t *value;
+    json_object_foreach(config, key, value) {
+        if (!g_str_has_prefix(key, "volatile.") || g_strv_contains(kept_volatile, key))
+            json_object_set(copy, key, value);
+    }
+    return copy;
+}
+
+/* Parse source.source "name[/snapshot]"; returns the instance name, sets *snapshot_out (or NULL). */
+static char *split_source(const char *source, char **snapshot_out)
+{
+    const char *slash = strchr(source, '/');
+    *snapshot_out = slash != NULL ? g_strdup(slash + 1) : NULL;
+    return slash != NULL ? g_strndup(source, slash - source) : g_strdup(source);
+}
+
+json_t *ferry_instance_copy_prepare(FerryDaemon *daemon, const char *project, json_t *request, GError **error)
+{
+    json_t *source = json_object_get(request, "source");
+    const char *source_name = ferry_json_get_string(source, "source");
+    const char *source_project = ferry_json_get_string(source, "project");
+    if (source_project == NULL || *source_project == '\0')
+        source_project = project;
+    if (source_name == NULL || *source_name == '\0') {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Copy needs the source instance in \"source.source\"");
+        return NULL;
+    }
+    g_autofree char *snapshot = NULL;
+    g_autofree char *instance = split_source(source_name, &snapshot);
+    g_autoptr(json_t) origin = NULL;
+    if (snapshot != NULL) {
+        if (ferry_json_get_bool(source, "refresh", FALSE)) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "A snapshot can't be the source of a refresh");
+            return NULL;
+        }
+        origin = ferry_db_get(daemon->db, FERRY_KIND_SNAPSHOT, source_project, instance, snapshot, error);
+    } else {
+        origin = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, source_project, "", instance, error);
+    }
+    if (origin == NULL)
+        return NULL;
+    g_autoptr(json_t) base_config = ferry_instance_config_for_copy(json_object_get(origin, "config"));
+    FerryPool *pool = NULL;
+    json_t *doc = validate_new_instance(daemon, project, request, base_config, json_object_get(origin, "devices"),
+                                        json_object_get(origin, "profiles"), &pool, error);
+    if (doc == NULL)
+        return NULL;
+    json_object_set(doc, "architecture", json_object_get(origin, "architecture") ?: json_string("x86_64"));
+    if (!insert_creating(daemon, project, ferry_json_get_string(request, "name"), doc, error)) {
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* Copy a directory tree between pools (different filesystems): the real rsync, locally, keeping everything
+ * ferry's volumes carry. */
+static gboolean copy_tree(const char *from, const char *to, GCancellable *cancellable, GError **error)
+{
+    g_autofree char *source = g_strdup_printf("%s/", from);
+    g_autoptr(GSubprocess) rsync = g_subprocess_new(
+        G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_PIPE, error, "rsync", "-aHAX", "--numeric-ids",
+        "--devices", "--sparse", "--delete", source, to, NULL);
+    if (rsync == NULL)
+        return FALSE;
+    g_autofree char *stderr_text = NULL;
+    if (!g_subprocess_communicate_utf8(rsync, NULL, cancellable, NULL, &stderr_text, error))
+        return FALSE;
+    if (!g_subprocess_get_successful(rsync)) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Copying %s failed: %s", from,
+                    stderr_text != NULL ? g_strstrip(stderr_text) : "rsync failed");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean ferry_instance_copy_finish(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *name,
+                                    json_t *request, GError **error)
+{
+    GCancellable *cancellable = op != NULL ? ferry_operation_get_cancellable(op) : NULL;
+    g_autoptr(json_t) doc = load_instance(daemon, project, name, error);
+    if (doc == NULL)
+        return FALSE;
+    json_t *source = json_object_get(request, "source");
+    const char *source_project = ferry_json_get_string(source, "project");
+    if (source_project == NULL || *source_project == '\0')
+        source_project = project;
+    g_autofree char *snapshot = NULL;
+    g_autofree char *instance = split_source(ferry_json_get_string(source, "source"), &snapshot);
+    g_autoptr(json_t) origin = load_instance(daemon, source_project, instance, error);
+    if (origin == NULL)
+        return FALSE;
+    FerryPool *from = stored_pool(daemon, source_project, origin, error);
+    FerryPool *to = from != NULL ? stored_pool(daemon, project, doc, error) : NULL;
+    if (to == NULL)
+        return FALSE;
+    g_autofree char *from_volume = ferry_instance_volume_name(source_project, instance);
+    g_autofree char *to_volume = ferry_instance_volume_name(project, name);
+    gboolean instance_only = ferry_json_get_bool(source, "instance_only", FALSE) || snapshot != NULL;
+    g_autoptr(GPtrArray) snapshots = instance_only
+                                         ? g_ptr_array_new_with_free_func(g_free)
+                                         : ferry_db_list_names(daemon->db, FERRY_KIND_SNAPSHOT, source_project, instance);
+
+    if (from == to) {
+        /* Same pool: copy-on-write where the driver can (btrfs snapshots, reflinks). */
+        gboolean copied = snapshot != NULL ? ferry_pool_copy_snapshot_to_volume(to, FERRY_VOLUME_CONTAINER, from_volume,
+                                                                                snapshot, to_volume, cancellable, error)
+                                           : ferry_pool_copy_volume(to, FERRY_VOLUME_CONTAINER, from_volume,
+                                                                    FERRY_VOLUME_CONTAINER, to_volume, cancellable,
+                                                                    error);
+        if (!copied)
+            return FALSE;
+        for (guint i = 0; i < snapshots->len; i++) {
+            if (!ferry_pool_copy_snapshot(to, FERRY_VOLUME_CONTAINER, from_volume, snapshots->pdata[i], to_volume,
+                                          snapshots->pdata[i], cancellable, error))
+                return FALSE;
+        }
+    } else {
+        /* Another pool: each snapshot is copied into the new volume and snapshotted there, oldest first, so
+         * rsync only moves each snapshot's differences; then the instance itself. */
+        if (!ferry_pool_create_volume(to, FERRY_VOLUME_CONTAINER, to_volume, error))
+            return FALSE;
+        g_autofree char *to_path = ferry_pool_volume_path(to, FERRY_VOLUME_CONTAINER, to_volume);
+        for (guint i = 0; i < snapshots->len; i++) {
+            g_autofree char *snapshot_path =
+                ferry_pool_snapshot_path(from, FERRY_VOLUME_CONTAINER, from_volume, snapshots->pdata[i]);
+            if (!copy_tree(snapshot_path, to_path, cancellable, error) ||
+                !ferry_pool_create_snapshot(to, FERRY_VOLUME_CONTAINER, to_volume, snapshots->pdata[i], error))
+                return FALSE;
+        }
+        g_autofree char *from_path = snapshot != NULL
+                                         ? ferry_pool_snapshot_path(from, FERRY_VOLUME_CONTAINER, from_volume, snapshot)
+                                         : ferry_pool_volume_path(from, FERRY_VOLUME_CONTAINER, from_volume);
+        if (!copy_tree(from_path, to_path, cancellable, error))
+            return FALSE;
+    }
+    for (guint i = 0; i < snapshots->len; i++) {
+        g_autoptr(json_t) snap =
+            ferry_db_get(daemon->db, FERRY_KIND_SNAPSHOT, source_project, instance, snapshots->pdata[i], error);
+        if (snap == NULL)
+            return FALSE;
+        if (ferry_json_get_string(snap, "created_at") == NULL) {
+            g_autofree char *created = ferry_json_timestamp(ferry_db_created_at(
+                daemon->db, FERRY_KIND_SNAPSHOT, source_project, instance, snapshots->pdata[i]));
+            json_object_set_new(snap, "created_at", json_string(created));
+        }
+        if (!ferry_db_create(daemon->db, FERRY_KIND_SNAPSHOT, project, name, snapshots->pdata[i], snap, error))
+            return FALSE;
+    }
+    json_object_del(doc, "creating");
+    if (!ferry_db_update(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error))
+        return FALSE;
+    ferry_daemon_release_instance(daemon, project, name);
+    lifecycle(daemon, project, name, "instance-created");
+    if (ferry_json_get_bool(request, "start", FALSE))
+        return ferry_instance_start(daemon, project, name, error);
+    return TRUE;
+}

@@ -85,7 +85,12 @@ static gboolean run_create(FerryOperation *op, gpointer data, GError **error)
 {
     CreateTask *task = data;
     FerryDaemon *daemon = ferry_operation_get_daemon(op);
-    if (!ferry_instance_create_finish(daemon, op, task->project, task->name, task->request, error)) {
+    json_t *source = json_object_get(task->request, "source");
+    const char *source_type = source != NULL ? ferry_json_get_string(source, "type") : NULL;
+    gboolean copy = source_type != NULL && g_str_equal(source_type, "copy");
+    gboolean done = copy ? ferry_instance_copy_finish(daemon, op, task->project, task->name, task->request, error)
+                         : ferry_instance_create_finish(daemon, op, task->project, task->name, task->request, error);
+    if (!done) {
         ferry_instance_create_abort(daemon, task->project, task->name);
         return FALSE;
     }
@@ -102,10 +107,12 @@ FerryResponse *api_instances_post(FerryRequest *request)
         return ferry_response_error_new(400, "Missing request body");
     json_t *source = json_object_get(request->body, "source");
     const char *source_type = source != NULL ? ferry_json_get_string(source, "type") : NULL;
-    if (source_type != NULL && (g_str_equal(source_type, "migration") || g_str_equal(source_type, "copy")))
+    if (source_type != NULL && g_str_equal(source_type, "migration"))
         return ferry_response_error_new(501, "Instance source \"%s\" is not supported yet", source_type);
+    gboolean copy = source_type != NULL && g_str_equal(source_type, "copy");
     g_autoptr(json_t) body = json_deep_copy(request->body);
-    g_autoptr(json_t) doc = ferry_instance_create_prepare(daemon, request->project, body, &error);
+    g_autoptr(json_t) doc = copy ? ferry_instance_copy_prepare(daemon, request->project, body, &error)
+                                 : ferry_instance_create_prepare(daemon, request->project, body, &error);
     if (doc == NULL)
         return ferry_response_error(error);
     CreateTask *task = g_new0(CreateTask, 1);
@@ -113,7 +120,8 @@ FerryResponse *api_instances_post(FerryRequest *request)
     task->name = g_strdup(ferry_json_get_string(body, "name"));
     task->request = json_incref(body);
     g_autoptr(FerryOperation) op =
-        ferry_operation_new(daemon, FERRY_OPERATION_TASK, request->project, "Creating instance",
+        ferry_operation_new(daemon, FERRY_OPERATION_TASK, request->project,
+                            copy ? "Copying instance" : "Creating instance",
                             instance_resources(task->project, task->name), NULL, run_create, task, create_task_free);
     ferry_operation_start(op);
     return ferry_response_async(op);

@@ -11,12 +11,12 @@
 G_BEGIN_DECLS
 
 typedef struct {
-    char *fingerprint;   /* sha256 hex of the tarball bytes, as Incus computes it for unified images */
-    guint64 size;        /* tarball size in bytes */
-    char *architecture;  /* metadata.yaml architecture, canonical Incus name ("amd64" becomes "x86_64") */
+    char *fingerprint;    /* sha256 hex of the tarball bytes, as Incus computes it for unified images */
+    guint64 size;         /* tarball size in bytes */
+    char *architecture;   /* metadata.yaml architecture, canonical Incus name ("amd64" becomes "x86_64") */
     gint64 creation_date; /* metadata.yaml creation_date (seconds since the epoch, 0 when absent) */
-    json_t *properties;  /* metadata.yaml properties: object of string -> string (never NULL) */
-    char *type;          /* "container" (virtual-machine images are refused) */
+    json_t *properties;   /* metadata.yaml properties: object of string -> string (never NULL) */
+    char *type;           /* "container" (virtual-machine images are refused) */
 } FerryImageInfo;
 
 void ferry_image_info_free(FerryImageInfo *info);
@@ -48,7 +48,8 @@ typedef void (*FerryProgressFunc)(guint64 done, guint64 total, gpointer user_dat
  * ACLs; file capabilities become namespaced to the shifted root. metadata.yaml and templates/ stay as the
  * archive says, as Incus keeps them: they are read by the daemon, never seen by the container. Modes
  * (setuid included), xattrs, ACLs, hard links, symbolic links, device nodes, FIFOs, sparse files and mtimes
- * are kept.
+ * are kept; device nodes are left out where the kernel refuses mknod (inside a user namespace), as Incus
+ * does, and sockets always.
  *
  * Every path is resolved beneath dest_dir without following symbolic links (openat2 RESOLVE_BENEATH |
  * RESOLVE_NO_SYMLINKS), files are created afresh (O_EXCL, never written through an existing link), so a
