@@ -368,9 +368,76 @@ gboolean cli_ask_bool(const char *question, gboolean fallback)
     }
 }
 
+static int compare_key_pointers(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(const char **)a, *(const char **)b);
+}
+
+/* A copy of object with its members in key order (a new reference). */
+static json_t *sorted_object(json_t *object, gboolean values_too)
+{
+    g_autoptr(GPtrArray) keys = g_ptr_array_new();
+    const char *key;
+    json_t *value;
+    json_object_foreach(object, key, value) g_ptr_array_add(keys, (gpointer)key);
+    g_ptr_array_sort(keys, compare_key_pointers);
+    json_t *sorted = json_object();
+    for (guint i = 0; i < keys->len; i++) {
+        value = json_object_get(object, g_ptr_array_index(keys, i));
+        json_object_set_new(sorted, g_ptr_array_index(keys, i),
+                            values_too && json_is_object(value) ? sorted_object(value, FALSE)
+                                                                : json_incref(value));
+    }
+    return sorted;
+}
+
+/* Incus's YAML comes from Go maps for configs, devices and properties, whose keys come out sorted; the
+ * server's JSON keeps them in the order they were set. Sort those maps, wherever they are (a new
+ * reference). */
+static json_t *with_sorted_maps(json_t *value)
+{
+    if (json_is_array(value)) {
+        json_t *copy = json_array();
+        gsize i;
+        json_t *item;
+        json_array_foreach(value, i, item) json_array_append_new(copy, with_sorted_maps(item));
+        return copy;
+    }
+    if (!json_is_object(value))
+        return json_incref(value);
+    static const char *const maps[] = {"config", "expanded_config", "properties", NULL};
+    static const char *const device_maps[] = {"devices", "expanded_devices", NULL};
+    json_t *copy = json_object();
+    const char *key;
+    json_t *member;
+    json_object_foreach(value, key, member)
+    {
+        json_t *shown;
+        if (json_is_object(member) && g_strv_contains(maps, key))
+            shown = sorted_object(member, FALSE);
+        else if (json_is_object(member) && g_strv_contains(device_maps, key))
+            shown = sorted_object(member, TRUE);
+        else
+            shown = with_sorted_maps(member);
+        json_object_set_new(copy, key, shown);
+    }
+    return copy;
+}
+
 gboolean cli_print_yaml(json_t *value, GError **error)
 {
-    g_autofree char *text = ferry_yaml_emit(value, error);
+    g_autoptr(json_t) shown = with_sorted_maps(value);
+    g_autofree char *text = ferry_yaml_emit(shown, error);
+    if (text == NULL)
+        return FALSE;
+    fputs(text, stdout);
+    return TRUE;
+}
+
+gboolean cli_print_yaml_devices(json_t *devices, GError **error)
+{
+    g_autoptr(json_t) shown = sorted_object(devices, TRUE);
+    g_autofree char *text = ferry_yaml_emit(shown, error);
     if (text == NULL)
         return FALSE;
     fputs(text, stdout);
@@ -429,7 +496,8 @@ json_t *cli_edit_yaml(json_t *current, const char *header, GError **error)
             return NULL;
         return ferry_yaml_parse(text, strlen(text), error);
     }
-    g_autofree char *yaml = ferry_yaml_emit(current, error);
+    g_autoptr(json_t) shown = with_sorted_maps(current);
+    g_autofree char *yaml = ferry_yaml_emit(shown, error);
     if (yaml == NULL)
         return NULL;
     g_autofree char *text = g_strdup_printf("%s\n\n%s", header, yaml);

@@ -81,8 +81,11 @@ gboolean cli_parse_key_values(GPtrArray *pairs, guint first, json_t *object, GEr
 char *cli_read_stdin(GError **error);
 gboolean cli_stdin_is_terminal(void);
 gboolean cli_stdout_is_terminal(void);
-/* Print a JSON value as YAML on stdout. */
+/* Print a JSON value as YAML on stdout; configs, devices and properties with their keys sorted, as Incus's
+ * Go maps come out. */
 gboolean cli_print_yaml(json_t *value, GError **error);
+/* Print a devices map as YAML, device names and each device's keys sorted. */
+gboolean cli_print_yaml_devices(json_t *devices, GError **error);
 /* A new object with the members of object named in keys (the writable part of a resource for a PUT). */
 json_t *cli_writable(json_t *object, const char *const *keys);
 /* The YAML a user edits: read from stdin when it is not a terminal, else through $EDITOR on current. */

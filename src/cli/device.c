@@ -59,7 +59,7 @@ int cli_device_action(Cli *cli, FerryClient *client, const char *action, const c
         return 0;
     }
     if (strcmp(action, "show") == 0)
-        return cli_print_yaml(devices, error) ? 0 : -1;
+        return cli_print_yaml_devices(devices, error) ? 0 : -1;
 
     if (strcmp(action, "add") == 0) {
         if (json_object_get(devices, device) != NULL) {

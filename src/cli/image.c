@@ -19,7 +19,8 @@ static char *resolve_image(FerryClient *client, const char *name, GError **error
     g_autoptr(GError) image_error = NULL;
     g_autoptr(json_t) image = ferry_client_get(client, path, NULL, &image_error);
     if (image == NULL) {
-        if (image_error->code == FERRY_ERROR_NOT_FOUND)
+        /* Name the image the user gave; other 404s (an unknown project) keep the server's message. */
+        if (image_error->code == FERRY_ERROR_NOT_FOUND && g_str_has_prefix(image_error->message, "Image"))
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Image \"%s\" not found", name);
         else
             g_propagate_error(error, g_steal_pointer(&image_error));

@@ -8,10 +8,17 @@
 #include <stdio.h>
 #include <string.h>
 
+/* copy.c */
+int cli_cmd_copy(Cli *cli, int argc, char **argv, GError **error);
+int cli_cmd_move(Cli *cli, int argc, char **argv, GError **error);
+extern const char cli_transfer_modes_help[];
+
 const CliCommand cli_commands[] = {
     {"admin", NULL, NULL, "Manage the server", NULL, NULL, cli_admin_commands},
     {"config", NULL, NULL, "Manage instance and server configuration options", NULL, NULL,
      cli_config_commands},
+    {"copy", "cp", "[<remote>:]<source>[/<snapshot>] [[<remote>:]<destination>]",
+     "Copy instances within or in between servers", cli_transfer_modes_help, cli_cmd_copy, NULL},
     {"delete", "rm", "[<remote>:]<instance>[/<snapshot>] [[<remote>:]<instance>[/<snapshot>]...]",
      "Delete instances and snapshots", NULL, cli_cmd_delete, NULL},
     {"exec", NULL, "[<remote>:]<instance> [flags] [--] <command line>", "Execute commands in instances",
@@ -40,6 +47,8 @@ const CliCommand cli_commands[] = {
      "  s - State\n  S - Number of snapshots\n  t - Type (persistent or ephemeral)\n  u - CPU usage (in "
      "seconds)",
      cli_cmd_list, NULL},
+    {"move", "mv", "[<remote>:]<instance>[/<snapshot>] [<remote>:][<instance>[/<snapshot>]]",
+     "Move instances within or in between servers", cli_transfer_modes_help, cli_cmd_move, NULL},
     {"operation", NULL, NULL, "List, show and delete background operations", NULL, NULL,
      cli_operation_commands},
     {"profile", NULL, NULL, "Manage profiles", NULL, NULL, cli_profile_commands},

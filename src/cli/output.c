@@ -23,14 +23,54 @@ void cli_rows_add(GPtrArray *rows, ...)
     g_ptr_array_add(rows, g_strv_builder_end(builder));
 }
 
+/* Natural order, as Incus sorts its lists: runs of digits compare by value ("c2" before "c10"; with the same
+ * value, fewer leading zeros first), everything else byte by byte. */
+static int compare_natural(const char *left, const char *right)
+{
+    while (*left != '\0' && *right != '\0') {
+        if (g_ascii_isdigit(*left) && g_ascii_isdigit(*right)) {
+            const char *l_start = left, *r_start = right;
+            while (*l_start == '0')
+                l_start++;
+            while (*r_start == '0')
+                r_start++;
+            const char *l_end = l_start, *r_end = r_start;
+            while (g_ascii_isdigit(*l_end))
+                l_end++;
+            while (g_ascii_isdigit(*r_end))
+                r_end++;
+            if (l_end - l_start != r_end - r_start)
+                return (l_end - l_start) < (r_end - r_start) ? -1 : 1;
+            int c = strncmp(l_start, r_start, l_end - l_start);
+            if (c != 0)
+                return c;
+            if (l_start - left != r_start - right)
+                return (l_start - left) < (r_start - right) ? -1 : 1;
+            left = l_end;
+            right = r_end;
+            continue;
+        }
+        if (*left != *right)
+            return (guchar)*left < (guchar)*right ? -1 : 1;
+        left++;
+        right++;
+    }
+    return *left == *right ? 0 : (*left == '\0' ? -1 : 1);
+}
+
+/* Column by column, left to right; an empty cell goes after any other (Incus's SortColumnsNaturally). */
 static gint compare_rows(gconstpointer a, gconstpointer b)
 {
     char **left = *(char ***)a;
     char **right = *(char ***)b;
     for (gsize i = 0; left[i] != NULL && right[i] != NULL; i++) {
-        int c = strcmp(left[i], right[i]);
-        if (c != 0)
-            return c;
+        if (strcmp(left[i], right[i]) == 0)
+            continue;
+        if (*left[i] == '\0')
+            return 1;
+        if (*right[i] == '\0')
+            return -1;
+        return compare_natural(left[i], right[i]);
     }
     return 0;
 }

@@ -17,7 +17,8 @@ static inline void cli_row_take(GStrvBuilder *row, char *cell)
     g_free(cell);
 }
 
-/* Sort rows by their columns, left to right (Incus sorts every list this way). */
+/* Sort rows by their columns, left to right, in natural order ("c2" before "c10"), an empty cell after any
+ * other: Incus sorts its lists this way. */
 void cli_rows_sort(GPtrArray *rows);
 
 /* Checks a --format value. */

@@ -78,9 +78,11 @@ static gboolean server_trusts_us(FerryClient *client, GError **error)
 }
 
 /* Present the token to a server we can reach: POST /1.0/certificates as Incus's client does, with the
- * token itself (the server decodes it and matches its secret). */
-static gboolean join_with_token(FerryClient *client, const char *token, GError **error)
+ * token itself (the server decodes it and matches its secret). joined: whether the token was used (a server
+ * that trusts us already is not asked). */
+static gboolean join_with_token(FerryClient *client, const char *token, gboolean *joined, GError **error)
 {
+    *joined = FALSE;
     g_autoptr(GError) local_error = NULL;
     gboolean trusted = server_trusts_us(client, &local_error);
     if (local_error != NULL) {
@@ -109,7 +111,14 @@ static gboolean join_with_token(FerryClient *client, const char *token, GError *
                         "Server doesn't trust us after authentication");
         return FALSE;
     }
+    *joined = TRUE;
     return TRUE;
+}
+
+static void report_joined(Cli *cli, const char *name, gboolean joined)
+{
+    if (joined && !cli->quiet)
+        printf("Client certificate now trusted by server: %s\n", name);
 }
 
 static gboolean save_remote(CliConfig *config, const char *name, const char *url, gboolean public,
@@ -140,10 +149,12 @@ static int add_from_token(Cli *cli, const char *name, const char *token, json_t 
         g_autofree char *url = normalise_url(json_string_value(address), &attempt_error);
         g_autoptr(FerryClient) client =
             url != NULL ? ferry_client_new_https(url, client_cert, NULL, fingerprint, &attempt_error) : NULL;
-        if (client != NULL && join_with_token(client, token, &attempt_error)) {
+        gboolean joined = FALSE;
+        if (client != NULL && join_with_token(client, token, &joined, &attempt_error)) {
             if (!save_remote(cli->config, name, url, public, project,
                              ferry_client_get_peer_certificate(client), error))
                 return -1;
+            report_joined(cli, name, joined);
             return 0;
         }
         /* Another address may work; a refusal by a server that we reached will not change. */
@@ -208,9 +219,13 @@ static int add_from_url(Cli *cli, const char *name, const char *addr, const char
     }
 
     g_autoptr(FerryClient) client = ferry_client_new_https(url, client_cert, peer, NULL, error);
-    if (client == NULL || !join_with_token(client, token, error))
+    gboolean joined = FALSE;
+    if (client == NULL || !join_with_token(client, token, &joined, error))
         return -1;
-    return save_remote(cli->config, name, url, public, project, peer, error) ? 0 : -1;
+    if (!save_remote(cli->config, name, url, public, project, peer, error))
+        return -1;
+    report_joined(cli, name, joined);
+    return 0;
 }
 
 static int cmd_add(Cli *cli, int argc, char **argv, GError **error)

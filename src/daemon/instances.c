@@ -101,7 +101,7 @@ static FerryPool *instance_pool(FerryDaemon *daemon, const char *project, json_t
 }
 
 /* Pool recorded when the volume was created; profiles may change later but the data stays where it is. */
-static FerryPool *stored_pool(FerryDaemon *daemon, const char *project, json_t *doc, GError **error)
+FerryPool *ferry_instance_get_pool(FerryDaemon *daemon, const char *project, json_t *doc, GError **error)
 {
     const char *pool_name = ferry_json_get_string(doc, "pool");
     if (pool_name != NULL)
@@ -157,7 +157,7 @@ json_t *ferry_instance_render_state(FerryDaemon *daemon, const char *project, co
     if (code == 103 || code == 110)
         ferry_container_usage(lxcpath, lxc_name, &usage, NULL);
     guint64 disk_usage = 0;
-    FerryPool *pool = stored_pool(daemon, project, doc, NULL);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, NULL);
     if (pool != NULL)
         ferry_pool_volume_usage(pool, FERRY_VOLUME_CONTAINER, lxc_name, &disk_usage, NULL);
     gboolean active = code == 103 || code == 110;
@@ -289,8 +289,8 @@ static char *generate_name(FerryDaemon *daemon, const char *project)
  * root disk on an existing pool. base_config/base_devices/base_profiles come from a copy's source (NULL for a
  * new instance); the request's values override them. Returns the document to store (without "creating"). */
 static json_t *validate_new_instance(FerryDaemon *daemon, const char *project, json_t *request, json_t *base_config,
-                                     json_t *base_devices, json_t *base_profiles, FerryPool **pool_out,
-                                     GError **error)
+                                     json_t *base_devices, json_t *base_profiles, gboolean allow_volatile,
+                                     FerryPool **pool_out, GError **error)
 {
     if (!ferry_db_exists(daemon->db, FERRY_KIND_PROJECT, "", "", project)) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Project \"%s\" not found", project);
@@ -329,7 +329,7 @@ static json_t *validate_new_instance(FerryDaemon *daemon, const char *project, j
         profile_list = json_pack("[s]", "default");
     g_autoptr(json_t) requested_config = ferry_json_object_or_empty(request, "config");
     g_autoptr(json_t) requested_devices = ferry_json_object_or_empty(request, "devices");
-    if (!ferry_config_validate(requested_config, FALSE, FALSE, error) ||
+    if (!ferry_config_validate(requested_config, FALSE, allow_volatile, error) ||
         !ferry_devices_validate(requested_devices, FALSE, error))
         return NULL;
     g_autoptr(json_t) config = base_config != NULL ? json_deep_copy(base_config) : json_object();
@@ -363,8 +363,12 @@ static gboolean insert_creating(FerryDaemon *daemon, const char *project, const 
                                 GError **error)
 {
     json_object_set_new(doc, "creating", json_true());
-    g_autofree char *uuid = g_uuid_string_random();
-    json_object_set_new(json_object_get(doc, "config"), "volatile.uuid", json_string(uuid));
+    /* A moved instance keeps its identity; anything else gets a new one. */
+    json_t *config = json_object_get(doc, "config");
+    if (ferry_json_get_string(config, "volatile.uuid") == NULL) {
+        g_autofree char *uuid = g_uuid_string_random();
+        json_object_set_new(config, "volatile.uuid", json_string(uuid));
+    }
     if (!ferry_daemon_claim_instance(daemon, project, name, "create", error))
         return FALSE;
     if (!ferry_db_create(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error)) {
@@ -409,7 +413,7 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
             json_object_set_new(request, "architecture", json_string(ferry_json_get_string(image, "architecture")));
     }
     FerryPool *pool = NULL;
-    json_t *doc = validate_new_instance(daemon, project, request, NULL, NULL, NULL, &pool, error);
+    json_t *doc = validate_new_instance(daemon, project, request, NULL, NULL, NULL, FALSE, &pool, error);
     if (doc == NULL)
         return NULL;
     json_t *config = json_object_get(doc, "config");
@@ -491,7 +495,7 @@ gboolean ferry_instance_create_finish(FerryDaemon *daemon, FerryOperation *op, c
     g_autoptr(json_t) doc = load_instance(daemon, project, name, error);
     if (doc == NULL)
         return FALSE;
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
@@ -543,7 +547,7 @@ void ferry_instance_create_abort(FerryDaemon *daemon, const char *project, const
     /* Only undo a creation, never delete an instance that finished being created (start may have failed). */
     if (ferry_json_get_bool(doc, "creating", FALSE)) {
         g_autofree char *volume = ferry_instance_volume_name(project, name);
-        FerryPool *pool = stored_pool(daemon, project, doc, NULL);
+        FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, NULL);
         if (pool != NULL)
             ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, volume, NULL);
         ferry_db_delete(daemon->db, FERRY_KIND_INSTANCE, project, "", name, NULL);
@@ -642,7 +646,7 @@ gboolean ferry_instance_start(FerryDaemon *daemon, const char *project, const ch
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "The instance is already running");
         return FALSE;
     }
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autoptr(json_t) expanded_config = NULL;
@@ -710,7 +714,7 @@ gboolean ferry_instance_delete(FerryDaemon *daemon, const char *project, const c
                     "Instance is protected from being deleted (security.protection.delete)");
         return FALSE;
     }
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
@@ -750,7 +754,7 @@ gboolean ferry_instance_rename(FerryDaemon *daemon, const char *project, const c
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Renaming of running instance not allowed");
         return FALSE;
     }
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *old_volume = ferry_instance_volume_name(project, name);
@@ -856,7 +860,7 @@ gboolean ferry_snapshot_create(FerryDaemon *daemon, const char *project, const c
     g_autoptr(json_t) doc = load_instance(daemon, project, name, error);
     if (doc == NULL)
         return FALSE;
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autoptr(json_t) expanded_config = NULL;
@@ -891,7 +895,7 @@ gboolean ferry_snapshot_delete(FerryDaemon *daemon, const char *project, const c
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Snapshot \"%s/%s\" not found", name, snapshot);
         return FALSE;
     }
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
@@ -921,7 +925,7 @@ gboolean ferry_snapshot_rename(FerryDaemon *daemon, const char *project, const c
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Name \"%s\" already in use", new_name);
         return FALSE;
     }
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
@@ -948,7 +952,7 @@ gboolean ferry_snapshot_restore(FerryDaemon *daemon, const char *project, const 
     gboolean was_running = code == 103;
     if (was_running && !ferry_instance_stop(daemon, project, name, TRUE, -1, error))
         return FALSE;
-    FerryPool *pool = stored_pool(daemon, project, doc, error);
+    FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
     g_autofree char *volume = ferry_instance_volume_name(project, name);
@@ -1047,7 +1051,7 @@ json_t *ferry_instance_copy_prepare(FerryDaemon *daemon, const char *project, js
     g_autoptr(json_t) base_config = ferry_instance_config_for_copy(json_object_get(origin, "config"));
     FerryPool *pool = NULL;
     json_t *doc = validate_new_instance(daemon, project, request, base_config, json_object_get(origin, "devices"),
-                                        json_object_get(origin, "profiles"), &pool, error);
+                                        json_object_get(origin, "profiles"), FALSE, &pool, error);
     if (doc == NULL)
         return NULL;
     json_object_set(doc, "architecture", json_object_get(origin, "architecture") ?: json_string("x86_64"));
@@ -1095,8 +1099,8 @@ gboolean ferry_instance_copy_finish(FerryDaemon *daemon, FerryOperation *op, con
     g_autoptr(json_t) origin = load_instance(daemon, source_project, instance, error);
     if (origin == NULL)
         return FALSE;
-    FerryPool *from = stored_pool(daemon, source_project, origin, error);
-    FerryPool *to = from != NULL ? stored_pool(daemon, project, doc, error) : NULL;
+    FerryPool *from = ferry_instance_get_pool(daemon, source_project, origin, error);
+    FerryPool *to = from != NULL ? ferry_instance_get_pool(daemon, project, doc, error) : NULL;
     if (to == NULL)
         return FALSE;
     g_autofree char *from_volume = ferry_instance_volume_name(source_project, instance);
@@ -1160,4 +1164,34 @@ gboolean ferry_instance_copy_finish(FerryDaemon *daemon, FerryOperation *op, con
     if (ferry_json_get_bool(request, "start", FALSE))
         return ferry_instance_start(daemon, project, name, error);
     return TRUE;
+}
+
+json_t *ferry_instance_prepare_new(FerryDaemon *daemon, const char *project, json_t *request, GError **error)
+{
+    FerryPool *pool = NULL;
+    /* Incus clients send the source's volatile keys along with a move, and the data they describe. */
+    json_t *doc = validate_new_instance(daemon, project, request, NULL, NULL, NULL, TRUE, &pool, error);
+    if (doc == NULL)
+        return NULL;
+    if (!insert_creating(daemon, project, ferry_json_get_string(request, "name"), doc, error)) {
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+gboolean ferry_instance_creation_done(FerryDaemon *daemon, const char *project, const char *name,
+                                      json_t *config_updates, gboolean start, GError **error)
+{
+    g_autoptr(json_t) doc = load_instance(daemon, project, name, error);
+    if (doc == NULL)
+        return FALSE;
+    if (json_is_object(config_updates))
+        json_object_update(json_object_get(doc, "config"), config_updates);
+    json_object_del(doc, "creating");
+    if (!ferry_db_update(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error))
+        return FALSE;
+    ferry_daemon_release_instance(daemon, project, name);
+    lifecycle(daemon, project, name, "instance-created");
+    return start ? ferry_instance_start(daemon, project, name, error) : TRUE;
 }

@@ -13,6 +13,9 @@ G_BEGIN_DECLS
 /* A JSON string->string object as a GHashTable (NULL/non-object -> empty table). */
 GHashTable *ferry_instances_string_map(json_t *object);
 
+/* The pool holding an instance's volume (doc: its database document). */
+FerryPool *ferry_instance_get_pool(FerryDaemon *daemon, const char *project, json_t *doc, GError **error);
+
 /* Volume name and liblxc name of an instance: "<project>_<name>". */
 char *ferry_instance_volume_name(const char *project, const char *name);
 
@@ -77,5 +80,18 @@ json_t *ferry_instance_config_for_copy(json_t *config);
 json_t *ferry_instance_copy_prepare(FerryDaemon *daemon, const char *project, json_t *request, GError **error);
 gboolean ferry_instance_copy_finish(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *name,
                                     json_t *request, GError **error);
+
+G_END_DECLS
+
+G_BEGIN_DECLS
+
+/* A new instance whose data arrives from elsewhere (migration): validate the request as for any new instance
+ * and insert its row marked "creating" (claimed). The data's owner calls ferry_instance_creation_done or
+ * ferry_instance_create_abort. */
+json_t *ferry_instance_prepare_new(FerryDaemon *daemon, const char *project, json_t *request, GError **error);
+/* Mark a "creating" instance complete, merging config_updates (e.g. volatile.last_state.idmap) into its config;
+ * lifecycle "instance-created"; starts it when start is set. */
+gboolean ferry_instance_creation_done(FerryDaemon *daemon, const char *project, const char *name,
+                                      json_t *config_updates, gboolean start, GError **error);
 
 G_END_DECLS

@@ -16,6 +16,7 @@
 #include "daemon.h"
 #include "ferry-config.h"
 #include "lxc_runtime.h"
+#include "rsync.h"
 
 static GLogLevelFlags max_level = G_LOG_LEVEL_INFO;
 
@@ -151,6 +152,8 @@ int main(int argc, char **argv)
         return ferry_container_forkstart_main(argc, argv);
     if (argc > 1 && g_str_equal(argv[1], "forkexec"))
         return ferry_container_forkexec_main(argc, argv);
+    if (argc > 1 && g_str_equal(argv[1], "netcat"))
+        return ferry_rsync_netcat_main(argc - 1, argv + 1);
     if (argc > 1 && g_str_equal(argv[1], "waitready"))
         return waitready_main(argc - 1, argv + 1);
 

@@ -226,6 +226,7 @@ SoupServer *ferry_server_new_https(FerryDaemon *daemon, const char *address, GEr
 
 typedef struct {
     FerryWebsocketReadyFunc ready;
+    FerryStreamReadyFunc stream_ready;
     gpointer user_data;
 } PendingUpgrade;
 
@@ -235,29 +236,48 @@ static void on_upgrade_written(SoupServerMessage *msg, gpointer user_data)
     g_signal_handlers_disconnect_by_func(msg, on_upgrade_written, user_data);
     /* The 101 response is out: from here the connection is ours. */
     GIOStream *stream = soup_server_message_steal_connection(msg);
-    GUri *uri = soup_server_message_get_uri(msg);
-    SoupWebsocketConnection *connection =
-        soup_websocket_connection_new(stream, uri, SOUP_WEBSOCKET_CONNECTION_SERVER, NULL, NULL, NULL);
+    if (pending->stream_ready != NULL) {
+        pending->stream_ready(stream, pending->user_data);
+    } else {
+        GUri *uri = soup_server_message_get_uri(msg);
+        SoupWebsocketConnection *connection =
+            soup_websocket_connection_new(stream, uri, SOUP_WEBSOCKET_CONNECTION_SERVER, NULL, NULL, NULL);
+        soup_websocket_connection_set_max_incoming_payload_size(connection, 128 * 1024 * 1024);
+        pending->ready(connection, pending->user_data);
+        g_object_unref(connection);
+    }
     g_object_unref(stream);
-    soup_websocket_connection_set_max_incoming_payload_size(connection, 128 * 1024 * 1024);
-    pending->ready(connection, pending->user_data);
-    g_object_unref(connection);
     g_free(pending);
 }
 
-gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
-                                       GError **error)
+static gboolean accept_upgrade(SoupServerMessage *msg, PendingUpgrade *pending, GError **error)
 {
     if (!soup_websocket_server_check_handshake(msg, NULL, NULL, NULL, error)) {
         g_prefix_error(error, "Bad websocket handshake: ");
         if (*error != NULL)
             (*error)->code = FERRY_ERROR_INVALID;
+        g_free(pending);
         return FALSE;
     }
     soup_websocket_server_process_handshake(msg, NULL, NULL, NULL, NULL);
+    g_signal_connect(msg, "wrote-informational", G_CALLBACK(on_upgrade_written), pending);
+    return TRUE;
+}
+
+gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
+                                       GError **error)
+{
     PendingUpgrade *pending = g_new0(PendingUpgrade, 1);
     pending->ready = ready;
     pending->user_data = user_data;
-    g_signal_connect(msg, "wrote-informational", G_CALLBACK(on_upgrade_written), pending);
-    return TRUE;
+    return accept_upgrade(msg, pending, error);
+}
+
+gboolean ferry_server_accept_stream(SoupServerMessage *msg, FerryStreamReadyFunc ready, gpointer user_data,
+                                    GError **error)
+{
+    PendingUpgrade *pending = g_new0(PendingUpgrade, 1);
+    pending->stream_ready = ready;
+    pending->user_data = user_data;
+    return accept_upgrade(msg, pending, error);
 }

@@ -17,6 +17,12 @@ typedef void (*FerryWebsocketReadyFunc)(SoupWebsocketConnection *connection, gpo
 gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
                                        GError **error);
 
+/* The same upgrade, handing over the raw connection (borrowed: ref it) for ferry's own blocking websocket
+ * framing on a worker thread (migration data channels). */
+typedef void (*FerryStreamReadyFunc)(GIOStream *stream, gpointer user_data);
+gboolean ferry_server_accept_stream(SoupServerMessage *msg, FerryStreamReadyFunc ready, gpointer user_data,
+                                    GError **error);
+
 /* The TLS client certificate of the connection msg arrived on (borrowed; NULL when none). */
 GTlsCertificate *ferry_server_peer_certificate(SoupServerMessage *msg);
 

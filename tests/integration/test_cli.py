@@ -2,9 +2,11 @@
 
 Every command runs the real binary (`server.ferry`) with stdout and stderr piped, as a script would: the tests
 check the exit status, both streams, and then the server's state through the REST API (`server.call`)."""
+import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import urllib.parse
 
@@ -176,7 +178,8 @@ def test_image_verbs(server, busybox_image):
 
     table = ok(server, "image", "list")
     assert table.startswith("+") and "busybox" in table and fingerprint[:12] in table
-    assert [r[:3] for r in csv_rows(ok(server, "image", "list", "-f", "csv"))] == [["busybox", fingerprint[:12], "no"]]
+    rows = csv_rows(ok(server, "image", "list", "-f", "csv"))
+    assert [r[:3] for r in rows] == [["busybox", fingerprint[:12], "no"]]
     assert [i["fingerprint"] for i in json.loads(ok(server, "image", "list", "-f", "json"))] == [fingerprint]
     assert yaml.safe_load(ok(server, "image", "list", "-f", "yaml"))[0]["fingerprint"] == fingerprint
     assert ok(server, "image", "list", "nomatch", "-f", "csv") == ""
@@ -220,7 +223,8 @@ def test_image_verbs(server, busybox_image):
 # --- instance life cycle -------------------------------------------------------------------------------------------
 def test_launch_with_config_and_auto_name(ready_server):
     s = ready_server
-    assert ok(s, "launch", "busybox", "c1", "-c", "limits.memory=128MiB", "-c", "environment.X=1") == "Launching c1\n"
+    out = ok(s, "launch", "busybox", "c1", "-c", "limits.memory=128MiB", "-c", "environment.X=1")
+    assert out == "Launching c1\n"
     inst = instance(s, "c1")
     assert inst["status"] == "Running"
     assert inst["config"]["limits.memory"] == "128MiB" and inst["config"]["environment.X"] == "1"
@@ -326,7 +330,9 @@ def test_start_stop_restart_rename_delete(ready_server):
     assert status(s, "c1") == "Running"
     assert ok(s, "delete", "c1", "--force") == ""
     assert not exists(s, "/1.0/instances/c1")
-    assert ok(s, "rm", "c3") == ""
+    fails(s, "delete", "-i", "c3", input="no\n", contains="aborted")
+    assert status(s, "c3") == "Stopped"
+    assert ok(s, "rm", "-i", "c3", input="yes\n") == "Remove c3 (yes/no): "
     assert s.call("GET", "/1.0/instances") == []
     fails(s, "delete", "nope", contains='Instance "nope" not found')
     fails(s, "start", "nope", contains='Instance "nope" not found')
@@ -376,6 +382,11 @@ def test_list_formats_columns_filters(ready_server):
     assert ok(s, "list", "-f", "csv", "-c", "n", "zzz") == ""
     assert ok(s, "ls", "local:", "-f", "csv", "-c", "n") == "db1\nweb1\n"
 
+    # Natural order, as Incus's: web9 before web10.
+    ok(s, "init", "busybox", "web10")
+    ok(s, "init", "busybox", "web9")
+    assert ok(s, "list", "-f", "csv", "-c", "n", "web") == "web1\nweb9\nweb10\n"
+
     fails(s, "list", "-f", "bogus", contains='Invalid format "bogus"')
     fails(s, "list", "-c", "nZ", contains="Unknown column shorthand char 'Z'")
     fails(s, "list", "--bogus", contains="unknown flag: --bogus")
@@ -388,9 +399,11 @@ def test_info(ready_server):
     ok(s, "snapshot", "create", "c1", "snap-a")
     out = ok(s, "info", "c1")
     pid = s.call("GET", "/1.0/instances/c1/state")["pid"]
-    for line in ("Name: c1", "Description: info test", "Status: RUNNING", "Type: container",
-                 f"PID: {pid}", "Resources:", "  Processes: "):
-        assert f"{line}" in out.splitlines() or any(l.startswith(line) for l in out.splitlines()), (line, out)
+    lines = out.splitlines()
+    for line in ("Name: c1", "Description: info test", "Status: RUNNING", "Type: container", f"PID: {pid}",
+                 "Resources:"):
+        assert line in lines, (line, out)
+    assert re.search(r"^  Processes: [1-9]\d*$", out, re.M), out
     assert re.search(r"^Created: \d{4}/\d\d/\d\d \d\d:\d\d ", out, re.M)
     assert "Snapshots:" in out and "| snap-a |" in out
     ok(s, "stop", "-f", "c1")
@@ -400,10 +413,15 @@ def test_info(ready_server):
     server_info = yaml.safe_load(ok(s, "info"))
     assert server_info["api_version"] == "1.0" and server_info["auth"] == "trusted"
     assert server_info["environment"]["server_name"]
-    assert "cpu" in yaml.safe_load(ok(s, "info", "--resources"))
     log = ok(s, "info", "c1", "--show-log")
     assert "Log:" in log
     fails(s, "info", "nope", contains='Instance "nope" not found')
+
+
+@pytest.mark.xfail(strict=True, reason="daemon: GET /1.0/resources is missing though the resources extension is "
+                                       "advertised")
+def test_info_resources(server):
+    assert "cpu" in yaml.safe_load(ok(server, "info", "--resources"))
 
 
 # --- exec ----------------------------------------------------------------------------------------------------------
@@ -412,8 +430,8 @@ def test_exec_streams_status_env_cwd_user(ready_server):
     ok(s, "launch", "busybox", "c1", "-c", "environment.FROM_CONFIG=yes")
     proc = s.ferry("exec", "c1", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3", check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "to-out\n", "to-err\n")
-    assert s.ferry("exec", "c1", "--", "true").returncode == 0
-    assert s.ferry("exec", "c1", "--", "false").returncode == 1
+    assert s.ferry("exec", "c1", "--", "true", check=False).returncode == 0
+    assert s.ferry("exec", "c1", "--", "false", check=False).returncode == 1
     # No "--" needed: words after the instance name belong to the command.
     assert ok(s, "exec", "c1", "ls", "-d", "/etc") == "/etc\n"
     missing = s.ferry("exec", "c1", "--", "no-such-command", check=False)
@@ -424,7 +442,6 @@ def test_exec_streams_status_env_cwd_user(ready_server):
     data = os.urandom(300 * 1024)
     proc = subprocess.run([FERRY, "exec", "c1", "--", "md5sum"], input=data, capture_output=True, env=s.env(),
                           timeout=60)
-    import hashlib
     assert proc.returncode == 0 and proc.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
     # -n: stdin reads as empty.
     assert ok(s, "exec", "-n", "c1", "--", "wc", "-c", input="ignored").split() == ["0"]
@@ -432,9 +449,10 @@ def test_exec_streams_status_env_cwd_user(ready_server):
     env = ok(s, "exec", "c1", "--env", "A=one", "--env", "B=two words", "--", "env")
     assert "A=one\n" in env and "B=two words\n" in env and "FROM_CONFIG=yes\n" in env
     assert ok(s, "exec", "c1", "--cwd", "/tmp", "--", "pwd") == "/tmp\n"
-    assert ok(s, "exec", "c1", "--user", "1000", "--group", "1001", "--", "sh", "-c", "id -u; id -g") == "1000\n1001\n"
+    ids = ok(s, "exec", "c1", "--user", "1000", "--group", "1001", "--", "sh", "-c", "id -u; id -g")
+    assert ids == "1000\n1001\n"
     # Not a terminal: no pty.
-    assert s.ferry("exec", "c1", "--", "test", "-t", "0").returncode == 1
+    assert s.ferry("exec", "c1", "--", "test", "-t", "0", check=False).returncode == 1
 
     fails(s, "exec", "nope", "--", "true", contains='Instance "nope" not found')
     fails(s, "exec", "c1", contains="Invalid number of arguments")
@@ -448,10 +466,10 @@ def test_exec_interactive_pty(ready_server):
     s = ready_server
     ok(s, "launch", "busybox", "c1")
     inner = f"stty cols 100 rows 30; {FERRY} exec c1 -- sh -c 'tty; stty size; test -t 0 && echo in-a-tty'"
-    proc = subprocess.run(["script", "-qec", inner, "/dev/null"], env=s.env(), capture_output=True, text=True,
+    proc = subprocess.run(["script", "-qec", inner, "/dev/null"], env=s.env(), capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.search(r"/dev/pts/\d+\r\n30 100\r\nin-a-tty\r\n", proc.stdout), repr(proc.stdout)
+    assert re.search(rb"/dev/pts/\d+\r\n30 100\r\nin-a-tty\r\n", proc.stdout), proc.stdout
     # The exit status passes through the pty session; -T forces a plain pipe even on a terminal.
     proc = subprocess.run(["script", "-qec", f"{FERRY} exec c1 -- sh -c 'exit 7'", "/dev/null"], env=s.env(),
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
@@ -461,11 +479,12 @@ def test_exec_interactive_pty(ready_server):
                           timeout=60)
     assert "no-tty" in proc.stdout, proc.stdout
     # -t forces a pty with pipes.
-    proc = s.ferry("exec", "-t", "c1", "--", "sh", "-c", "test -t 0 && echo pty", check=False)
-    assert proc.returncode == 0 and proc.stdout == "pty\r\n"
+    proc = subprocess.run([FERRY, "exec", "-t", "c1", "--", "sh", "-c", "test -t 0 && echo pty"], env=s.env(),
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == b"pty\r\n"
 
 
-# --- config ---------------------------------------------------------------------------------------------------------
+# --- config --------------------------------------------------------------------------------------------------------
 def test_config_instance(ready_server):
     s = ready_server
     ok(s, "launch", "busybox", "c1", "-c", "limits.memory=128MiB")
@@ -519,7 +538,6 @@ def test_config_server(server):
     assert ok(server, "config", "get", "core.https_address") == f"127.0.0.1:{port}\n"
     assert yaml.safe_load(ok(server, "config", "show")) == {"config": {"core.https_address": f"127.0.0.1:{port}"}}
     # It really listens.
-    import socket
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert ok(server, "config", "set", f"core.https_address=127.0.0.1:{port}") == ""
     assert ok(server, "config", "set", "local:", "core.https_address", f"127.0.0.1:{port}") == ""
@@ -581,7 +599,7 @@ def test_config_device_disk_is_mounted(ready_server, tmp_path):
     assert ok(s, "exec", "c1", "--", "cat", "/mnt/data/file") == "shared-data\n"
 
 
-# --- snapshots ------------------------------------------------------------------------------------------------------
+# --- snapshots -----------------------------------------------------------------------------------------------------
 def test_snapshots(ready_server):
     s = ready_server
     ok(s, "launch", "busybox", "c1")
@@ -589,13 +607,13 @@ def test_snapshots(ready_server):
     assert ok(s, "snapshot", "create", "c1", "s0") == ""
     assert ok(s, "snapshot", "create", "c1") == ""
     names = sorted(x["name"] for x in s.call("GET", "/1.0/instances/c1/snapshots?recursion=1"))
-    assert names == ["s0", "snap0"] or names == ["c1/s0", "c1/snap0"]
+    assert names == ["s0", "snap0"]
     rows = csv_rows(ok(s, "snapshot", "list", "c1", "-f", "csv"))
     assert [r[0] for r in rows] == ["s0", "snap0"] and all(r[3] == "NO" for r in rows)
     assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d", rows[0][1])
     assert "| s0 " in ok(s, "snapshot", "list", "c1")
     shown = yaml.safe_load(ok(s, "snapshot", "show", "c1", "s0"))
-    assert shown["name"].split("/")[-1] == "s0" and shown["stateful"] is False
+    assert shown["name"] == "s0" and shown["stateful"] is False
 
     ok(s, "exec", "c1", "--", "sh", "-c", "echo v2 > /root/data; touch /root/new")
     assert ok(s, "snapshot", "rename", "c1", "s0", "base") == ""
@@ -627,7 +645,7 @@ def test_snapshots(ready_server):
     assert ok(s, "snapshot", "list", "c1", "-f", "csv") == ""
 
 
-# --- profiles -------------------------------------------------------------------------------------------------------
+# --- profiles ------------------------------------------------------------------------------------------------------
 def test_profiles(ready_server):
     s = ready_server
     assert ok(s, "profile", "create", "p1", "--description", "first") == "Profile p1 created\n"
@@ -684,11 +702,16 @@ def test_profiles(ready_server):
     assert exists(s, "/1.0/profiles/p3") and not exists(s, "/1.0/profiles/p1")
     assert ok(s, "profile", "delete", "p3", "p2") == "Profile p3 deleted\nProfile p2 deleted\n"
     assert s.call("GET", "/1.0/profiles") == ["/1.0/profiles/default"]
-    ok(s, "profile", "assign", "c1", "")
-    assert instance(s, "c1")["profiles"] == []
+    # "" assigns no profiles at all: the instance needs a root disk of its own then.
+    fails(s, "profile", "assign", "c1", "", contains="root")
+    ok(s, "init", "busybox", "c2", "--no-profiles", "-s", "default")
+    ok(s, "profile", "assign", "c2", "default")
+    assert instance(s, "c2")["profiles"] == ["default"]
+    assert ok(s, "profile", "assign", "c2", "") == "Profiles  applied to c2\n"
+    assert instance(s, "c2")["profiles"] == []
 
 
-# --- projects -------------------------------------------------------------------------------------------------------
+# --- projects ------------------------------------------------------------------------------------------------------
 def test_projects(ready_server, busybox_image):
     s = ready_server
     ok(s, "launch", "busybox", "c0")
@@ -755,7 +778,7 @@ def test_projects(ready_server, busybox_image):
     assert s.call("GET", "/1.0/projects") == ["/1.0/projects/default"]
 
 
-# --- storage --------------------------------------------------------------------------------------------------------
+# --- storage -------------------------------------------------------------------------------------------------------
 def test_storage_dir(ready_server):
     s = ready_server
     assert csv_rows(ok(s, "storage", "list", "-f", "csv")) == [["default", "dir", "", "1", "CREATED"]]
@@ -824,7 +847,7 @@ def test_storage_btrfs_loop(ready_server):
     assert image not in losetup
 
 
-# --- operations ------------------------------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------------------------------
 def test_operations(ready_server):
     s = ready_server
     s.listen_https()
@@ -843,7 +866,7 @@ def test_operations(ready_server):
     fails(s, "operation", "show", "nope", contains="not found")
 
 
-# --- bad input -------------------------------------------------------------------------------------------------------
+# --- bad input -----------------------------------------------------------------------------------------------------
 BAD_INPUT = [
     (["list", "nope:"], 'The remote "nope" doesn\'t exist'),
     (["info", "nope:c1"], 'The remote "nope" doesn\'t exist'),
@@ -906,7 +929,7 @@ def test_help_and_version(server):
     assert "Available Commands:" in ok(server)
 
 
-# --- quiet and progress -----------------------------------------------------------------------------------------------
+# --- quiet and progress --------------------------------------------------------------------------------------------
 def test_quiet_and_no_progress_on_pipes(server, busybox_image):
     s = server
     ok(s, "admin", "init", "--auto")
@@ -929,3 +952,48 @@ def test_quiet_and_no_progress_on_pipes(server, busybox_image):
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 0 and "Launching c3" in proc.stdout
     assert status(s, "c3") == "Running"
+
+
+# --- edit from a pipe ----------------------------------------------------------------------------------------------
+def test_edit_verbs_read_yaml_from_stdin(ready_server):
+    s = ready_server
+    ok(s, "init", "busybox", "c1", "-c", "limits.memory=128MiB")
+    shown = yaml.safe_load(ok(s, "config", "show", "c1"))
+    shown["config"]["limits.memory"] = "48MiB"
+    shown["description"] = "edited"
+    assert ok(s, "config", "edit", "c1", input=yaml.safe_dump(shown)) == ""
+    inst = instance(s, "c1")
+    assert inst["config"]["limits.memory"] == "48MiB" and inst["description"] == "edited"
+
+    profile = yaml.safe_load(ok(s, "profile", "show", "default"))
+    profile["config"] = {"user.edited": "yes"}
+    ok(s, "profile", "edit", "default", input=yaml.safe_dump(profile))
+    assert s.call("GET", "/1.0/profiles/default")["config"] == {"user.edited": "yes"}
+    ok(s, "project", "create", "p1")
+    ok(s, "project", "edit", "p1", input="description: edited project\nconfig:\n  user.x: '1'\n")
+    project = s.call("GET", "/1.0/projects/p1")
+    assert project["description"] == "edited project" and project["config"]["user.x"] == "1"
+    pool = yaml.safe_load(ok(s, "storage", "show", "default"))
+    pool["description"] = "edited pool"
+    ok(s, "storage", "edit", "default", input=yaml.safe_dump(pool))
+    assert s.call("GET", "/1.0/storage-pools/default")["description"] == "edited pool"
+    ok(s, "config", "edit", input="config:\n  user.server: edited\n")
+    assert s.call("GET", "/1.0")["config"]["user.server"] == "edited"
+
+    before = snapshot_state(s)
+    fails(s, "config", "edit", "c1", input="config: [\n", contains="YAML")
+    fails(s, "config", "edit", "c1", input="config:\n  limits.memory: abc\n", contains="limits.memory")
+    fails(s, "profile", "edit", "default", input="devices:\n  x:\n    type: nosuchtype\n", contains="nosuchtype")
+    assert snapshot_state(s) == before
+
+
+def test_query(ready_server):
+    s = ready_server
+    assert json.loads(ok(s, "query", "/1.0"))["api_version"] == "1.0"
+    ok(s, "init", "busybox", "c1")
+    op = json.loads(ok(s, "query", "-X", "PUT", "-d", '{"action":"start"}', "--wait", "/1.0/instances/c1/state"))
+    assert op["status"] == "Success"
+    assert status(s, "c1") == "Running"
+    assert json.loads(ok(s, "query", "--raw", "/1.0/instances"))["type"] == "sync"
+    fails(s, "query", "/1.0/instances/nope", contains='Instance "nope" not found')
+    fails(s, "query", "-X", "POST", "-d", "{bad", "/1.0/profiles", contains="JSON")

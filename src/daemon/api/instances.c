@@ -2,6 +2,7 @@
 #include "api.h"
 #include "instance_action.h"
 #include "filter.h"
+#include "migration/migration.h"
 
 #include "error.h"
 #include "instances.h"
@@ -108,7 +109,7 @@ FerryResponse *api_instances_post(FerryRequest *request)
     json_t *source = json_object_get(request->body, "source");
     const char *source_type = source != NULL ? ferry_json_get_string(source, "type") : NULL;
     if (source_type != NULL && g_str_equal(source_type, "migration"))
-        return ferry_response_error_new(501, "Instance source \"%s\" is not supported yet", source_type);
+        return ferry_migration_sink_start(request);
     gboolean copy = source_type != NULL && g_str_equal(source_type, "copy");
     g_autoptr(json_t) body = json_deep_copy(request->body);
     g_autoptr(json_t) doc = copy ? ferry_instance_copy_prepare(daemon, request->project, body, &error)
@@ -272,8 +273,16 @@ FerryResponse *api_instance_post(FerryRequest *request)
 {
     if (request->body == NULL)
         return ferry_response_error_new(400, "Missing request body");
-    if (ferry_json_get_bool(request->body, "migration", FALSE))
-        return ferry_response_error_new(501, "Migrating instances to another server is not supported yet");
+    if (ferry_json_get_bool(request->body, "migration", FALSE)) {
+        /* Moves inside one server across pools or projects are the client's copy + delete. */
+        const char *pool = ferry_json_get_string(request->body, "pool");
+        const char *project = ferry_json_get_string(request->body, "project");
+        if ((pool != NULL && *pool != '\0') || (project != NULL && *project != '\0') ||
+            ferry_request_query(request, "target") != NULL)
+            return ferry_response_error_new(400, "Target only allowed when clustered: ferry moves between pools "
+                                                 "and projects with copy and delete");
+        return ferry_migration_source_start(request, NULL);
+    }
     const char *new_name = ferry_json_get_string(request->body, "name");
     if (new_name == NULL || *new_name == '\0')
         return ferry_response_error_new(400, "Missing new instance name");

@@ -6,6 +6,7 @@
 #include "instances.h"
 #include "json.h"
 #include "names.h"
+#include "migration/migration.h"
 
 FerryResponse *api_snapshots_get(FerryRequest *request)
 {
@@ -99,8 +100,12 @@ FerryResponse *api_snapshot_post(FerryRequest *request)
     GError *error = NULL;
     if (request->body == NULL)
         return ferry_response_error_new(400, "Missing request body");
-    if (ferry_json_get_bool(request->body, "migration", FALSE))
-        return ferry_response_error_new(501, "Migrating snapshots to another server is not supported yet");
+    if (ferry_json_get_bool(request->body, "migration", FALSE)) {
+        const char *target_name = ferry_json_get_string(request->body, "name");
+        if (target_name == NULL || *target_name == '\0')
+            return ferry_response_error_new(400, "A new name for the instance must be provided");
+        return ferry_migration_source_start(request, snapshot);
+    }
     const char *new_name = ferry_json_get_string(request->body, "name");
     if (!ferry_db_exists(daemon->db, FERRY_KIND_SNAPSHOT, request->project, name, snapshot))
         return ferry_response_error_new(404, "Snapshot \"%s/%s\" not found", name, snapshot);

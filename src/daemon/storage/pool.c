@@ -921,6 +921,28 @@ gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const ch
     return ok;
 }
 
+gboolean ferry_pool_snapshot_usage(FerryPool *pool, FerryVolumeType type, const char *volume, const char *snapshot,
+                                   guint64 *bytes_out, GError **error)
+{
+    if (!check_snapshot(type, volume, snapshot, error))
+        return FALSE;
+    int snapshots_fd = open_volume_snapshots(pool, type, volume, FALSE, error);
+    if (snapshots_fd < 0) {
+        if (error != NULL && *error == NULL)
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Snapshot \"%s/%s\" not found", volume, snapshot);
+        return FALSE;
+    }
+    int fd = openat(snapshots_fd, snapshot, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    close(snapshots_fd);
+    if (fd < 0) {
+        ferry_set_error_errno(error, errno, "Failed to open snapshot \"%s/%s\"", volume, snapshot);
+        return FALSE;
+    }
+    gboolean ok = ferry_tree_usage(fd, bytes_out, error);
+    close(fd);
+    return ok;
+}
+
 gboolean ferry_pool_usage(FerryPool *pool, guint64 *used, guint64 *total, GError **error)
 {
     if (needs_mount(pool)) {

@@ -146,6 +146,9 @@ gboolean ferry_pool_restore_snapshot(FerryPool *pool, FerryVolumeType type, cons
 gboolean ferry_pool_volume_usage(FerryPool *pool, FerryVolumeType type, const char *volume,
                                  guint64 *bytes_out, GError **error);
 /* statvfs of the mounted pool (for a loop pool: its own filesystem). */
+/* Disk blocks of one snapshot (a migration sends each snapshot whole: its size bounds the bytes to move). */
+gboolean ferry_pool_snapshot_usage(FerryPool *pool, FerryVolumeType type, const char *volume, const char *snapshot,
+                                   guint64 *bytes_out, GError **error);
 gboolean ferry_pool_usage(FerryPool *pool, guint64 *used, guint64 *total, GError **error);
 
 G_END_DECLS

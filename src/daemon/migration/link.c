@@ -1,0 +1,166 @@
+#include "link.h"
+
+#include "error.h"
+#include "json.h"
+#include "server.h"
+
+#include <string.h>
+
+struct _FerryMigrationLink {
+    GMutex lock;
+    GCond changed;
+    GHashTable *channels; /* name -> FerryWebsocket* */
+    gboolean aborted;
+};
+
+FerryMigrationLink *ferry_migration_link_new(void)
+{
+    FerryMigrationLink *link = g_new0(FerryMigrationLink, 1);
+    g_mutex_init(&link->lock);
+    g_cond_init(&link->changed);
+    link->channels = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)ferry_websocket_free);
+    return link;
+}
+
+void ferry_migration_link_free(FerryMigrationLink *link)
+{
+    if (link == NULL)
+        return;
+    g_hash_table_unref(link->channels);
+    g_mutex_clear(&link->lock);
+    g_cond_clear(&link->changed);
+    g_free(link);
+}
+
+json_t *ferry_migration_link_listen(FerryMigrationLink *link, FerryOperation *op, const char *const *channels)
+{
+    json_t *secrets = json_object();
+    for (gsize i = 0; channels[i] != NULL; i++) {
+        g_autofree char *secret = ferry_random_secret();
+        ferry_operation_add_secret(op, channels[i], secret);
+        json_object_set_new(secrets, channels[i], json_string(secret));
+    }
+    return secrets;
+}
+
+typedef struct {
+    FerryMigrationLink *link;
+    FerryOperation *op;
+    char *channel;
+} PendingChannel;
+
+static void on_stream(GIOStream *stream, gpointer user_data)
+{
+    PendingChannel *pending = user_data;
+    FerryMigrationLink *link = pending->link;
+    g_mutex_lock(&link->lock);
+    if (!link->aborted && g_hash_table_lookup(link->channels, pending->channel) == NULL)
+        g_hash_table_insert(link->channels, g_strdup(pending->channel), ferry_websocket_new(stream, FALSE));
+    g_cond_broadcast(&link->changed);
+    g_mutex_unlock(&link->lock);
+    ferry_operation_unref(pending->op);
+    g_free(pending->channel);
+    g_free(pending);
+}
+
+gboolean ferry_migration_link_connect(FerryMigrationLink *link, FerryOperation *op, SoupServerMessage *msg,
+                                      const char *channel, GError **error)
+{
+    PendingChannel *pending = g_new0(PendingChannel, 1);
+    pending->link = link;
+    /* The operation keeps the link alive until the stream arrives. */
+    pending->op = ferry_operation_ref(op);
+    pending->channel = g_strdup(channel);
+    if (!ferry_server_accept_stream(msg, on_stream, pending, error)) {
+        ferry_operation_unref(pending->op);
+        g_free(pending->channel);
+        g_free(pending);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean ferry_migration_link_wait(FerryMigrationLink *link, const char *channel, guint timeout_seconds,
+                                   GCancellable *cancellable, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_seconds * G_USEC_PER_SEC;
+    g_mutex_lock(&link->lock);
+    /* Wake up now and then to notice cancellation: cancel does not signal our condition. */
+    while (g_hash_table_lookup(link->channels, channel) == NULL && !link->aborted &&
+           !g_cancellable_is_cancelled(cancellable) && g_get_monotonic_time() < deadline)
+        g_cond_wait_until(&link->changed, &link->lock, MIN(deadline, g_get_monotonic_time() + G_USEC_PER_SEC / 5));
+    gboolean connected = g_hash_table_lookup(link->channels, channel) != NULL;
+    gboolean aborted = link->aborted;
+    g_mutex_unlock(&link->lock);
+    if (connected)
+        return TRUE;
+    if (g_cancellable_is_cancelled(cancellable) || aborted)
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_CANCELLED, "Migration cancelled while waiting for the \"%s\" "
+                    "connection", channel);
+    else
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "The other side did not connect the migration's \"%s\" channel within %u seconds", channel,
+                    timeout_seconds);
+    return FALSE;
+}
+
+gboolean ferry_migration_link_dial(FerryMigrationLink *link, const char *operation_url, json_t *secrets,
+                                   const char *certificate_pem, GCancellable *cancellable, GError **error)
+{
+    if (!g_str_has_prefix(operation_url, "https://")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid migration operation URL \"%s\"", operation_url);
+        return FALSE;
+    }
+    /* Control first: the listening side waits for it before the data channels. */
+    g_autoptr(GPtrArray) order = g_ptr_array_new();
+    if (json_object_get(secrets, "control") != NULL)
+        g_ptr_array_add(order, (gpointer) "control");
+    const char *name;
+    json_t *secret;
+    json_object_foreach(secrets, name, secret) {
+        if (!g_str_equal(name, "control"))
+            g_ptr_array_add(order, (gpointer)name);
+    }
+    for (guint i = 0; i < order->len; i++) {
+        const char *channel = order->pdata[i];
+        const char *value = ferry_json_get_string(secrets, channel);
+        if (value == NULL) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid secret for channel \"%s\"", channel);
+            return FALSE;
+        }
+        g_autofree char *escaped = g_uri_escape_string(value, NULL, FALSE);
+        g_autofree char *url =
+            g_strdup_printf("wss://%s/websocket?secret=%s", operation_url + strlen("https://"), escaped);
+        FerryWebsocket *ws = ferry_websocket_dial(url, certificate_pem, NULL, cancellable, error);
+        if (ws == NULL) {
+            g_prefix_error(error, "Failed to connect the migration's \"%s\" channel to %s: ", channel,
+                           operation_url);
+            return FALSE;
+        }
+        g_mutex_lock(&link->lock);
+        g_hash_table_replace(link->channels, g_strdup(channel), ws);
+        g_mutex_unlock(&link->lock);
+    }
+    return TRUE;
+}
+
+FerryWebsocket *ferry_migration_link_get(FerryMigrationLink *link, const char *channel)
+{
+    g_mutex_lock(&link->lock);
+    FerryWebsocket *ws = g_hash_table_lookup(link->channels, channel);
+    g_mutex_unlock(&link->lock);
+    return ws;
+}
+
+void ferry_migration_link_abort(FerryMigrationLink *link)
+{
+    g_mutex_lock(&link->lock);
+    link->aborted = TRUE;
+    GHashTableIter iter;
+    gpointer ws;
+    g_hash_table_iter_init(&iter, link->channels);
+    while (g_hash_table_iter_next(&iter, NULL, &ws))
+        ferry_websocket_abort(ws);
+    g_cond_broadcast(&link->changed);
+    g_mutex_unlock(&link->lock);
+}

@@ -1,0 +1,41 @@
+/* The websockets of one migration (control, fs, and later criu), whichever side dials: the listening side
+ * publishes one-time secrets in its operation and accepts one connection per secret; the dialling side
+ * connects to the peer's operation with those secrets, pinning the peer's server certificate. */
+#pragma once
+
+#include <jansson.h>
+
+#include "operations.h"
+#include "websocket.h"
+
+G_BEGIN_DECLS
+
+typedef struct _FerryMigrationLink FerryMigrationLink;
+
+FerryMigrationLink *ferry_migration_link_new(void);
+void ferry_migration_link_free(FerryMigrationLink *link);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryMigrationLink, ferry_migration_link_free)
+
+/* Listening side: make a secret per channel on op and route op's websocket connections here. Returns the
+ * secrets map {"control": "...", "fs": "..."} (new reference) for the operation's metadata. */
+json_t *ferry_migration_link_listen(FerryMigrationLink *link, FerryOperation *op, const char *const *channels);
+/* The connect function to install on op (ferry_operation_set_connect) with the link as the op's data owner's
+ * responsibility: ferry_migration_link_connect is what it must call. */
+gboolean ferry_migration_link_connect(FerryMigrationLink *link, FerryOperation *op, SoupServerMessage *msg,
+                                      const char *channel, GError **error);
+/* Wait until the named channel is connected (timeout in seconds). */
+gboolean ferry_migration_link_wait(FerryMigrationLink *link, const char *channel, guint timeout_seconds,
+                                   GCancellable *cancellable, GError **error);
+
+/* Dialling side: connect every channel of secrets to operation_url (https://host:port/1.0/operations/<id>),
+ * trusting exactly certificate_pem. */
+gboolean ferry_migration_link_dial(FerryMigrationLink *link, const char *operation_url, json_t *secrets,
+                                   const char *certificate_pem, GCancellable *cancellable, GError **error);
+
+/* The websocket of a connected channel (borrowed), NULL if not connected. */
+FerryWebsocket *ferry_migration_link_get(FerryMigrationLink *link, const char *channel);
+
+/* Unblock every reader and writer (a failure somewhere: nobody may hang). */
+void ferry_migration_link_abort(FerryMigrationLink *link);
+
+G_END_DECLS

@@ -1,0 +1,78 @@
+#include "transfer.h"
+
+#include "error.h"
+
+/* FerryByteChannel over the fs websocket: rsync only knows about byte streams and barriers. */
+static gssize channel_read(gpointer channel, void *buffer, gsize size, GCancellable *c, GError **error)
+{
+    return ferry_websocket_read_stream(channel, buffer, size, c, error);
+}
+
+static gboolean channel_write(gpointer channel, const void *data, gsize length, GError **error)
+{
+    return ferry_websocket_write_stream(channel, data, length, error);
+}
+
+static gboolean channel_end(gpointer channel, GError **error)
+{
+    return ferry_websocket_send_barrier(channel, error);
+}
+
+static void channel_abort(gpointer channel)
+{
+    ferry_websocket_abort(channel);
+}
+
+/* rsync reports the running total of the current pass. */
+static void on_bytes(guint64 bytes, gpointer user_data)
+{
+    FerryTransferProgress *progress = user_data;
+    progress->pass_bytes = bytes;
+    guint64 done = progress->done_bytes + bytes;
+    if (progress->op != NULL)
+        ferry_operation_report_progress(progress->op, "fs_progress", progress->stage, done,
+                                        MAX(progress->total_bytes, done));
+}
+
+static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+                         FerryTransferProgress *progress, gboolean sending, GCancellable *cancellable,
+                         GError **error)
+{
+    FerryWebsocket *fs = ferry_migration_link_get(link, "fs");
+    if (fs == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "The migration's fs channel is not connected");
+        return FALSE;
+    }
+    FerryByteChannel channel = {channel_read, channel_write, channel_end, channel_abort, fs};
+    FerryRsyncOptions pass = *options;
+    if (progress != NULL) {
+        pass.progress = on_bytes;
+        pass.progress_data = progress;
+        progress->pass_bytes = 0;
+    }
+    gboolean ok = sending ? ferry_rsync_send(dir, &channel, &pass, cancellable, error)
+                          : ferry_rsync_receive(dir, &channel, &pass, cancellable, error);
+    if (progress != NULL)
+        progress->done_bytes += progress->pass_bytes;
+    return ok;
+}
+
+gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+                                 FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
+{
+    if (!run_pass(link, dir, options, progress, TRUE, cancellable, error)) {
+        g_prefix_error(error, "Rsync send failed: ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+                                    FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
+{
+    if (!run_pass(link, dir, options, progress, FALSE, cancellable, error)) {
+        g_prefix_error(error, "Rsync receive failed: ");
+        return FALSE;
+    }
+    return TRUE;
+}

@@ -1,0 +1,192 @@
+"""`ferry copy` and `ferry move`: argument checks, one server (copy source, rename, pool and project moves) and
+two servers (Incus's migration in pull, push and relay mode), driven through the real CLI.
+
+The two-server tests use a client with its own configuration: `local` is server `a` (its unix socket), `b` is
+the other server added over HTTPS by trust token, as a laptop would have them."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from ferry_harness import FERRY
+from test_cli import fails, ok
+from test_cli_remotes import Client, new_token
+
+
+# --- arguments: every one of these fails before any request --------------------------------------------------------
+def offline(tmp_path):
+    """A client whose `local` server does not exist: an error that needed a request would say so."""
+    client = Client(tmp_path / "offline", None)
+    return client
+
+
+ARGUMENT_ERRORS = [
+    (["copy", "c1", "c2", "--mode", "foo"], 'Invalid mode "foo": must be one of pull, push, relay'),
+    (["move", "c1", "c2", "--mode", "carrier"], 'Invalid mode "carrier": must be one of pull, push, relay'),
+    (["copy", "c1", "nope:", "--mode", "PULL"], 'Invalid mode "PULL"'),
+    (["copy", "c1"], "You must specify a destination instance name"),
+    (["copy", "nope:c1", "c2"], 'The remote "nope" doesn\'t exist'),
+    (["move", "c1", "nope:c2"], 'The remote "nope" doesn\'t exist'),
+    (["move", "c1"], "Invalid number of arguments"),
+    (["copy", "c1", "c2", "c3"], "Invalid number of arguments"),
+    (["copy"], "Invalid number of arguments"),
+    (["copy", "c1", "c2", "--refresh", "--no-profiles"], "--no-profiles cannot be used with --refresh"),
+    (["move", "c1", "c2", "--refresh"], "--refresh can only be used with --stateless"),
+    (["copy", "c1", "c2", "--refresh-exclude-older"], "--refresh-exclude-older can only be used with --refresh"),
+    (["copy", "c1/s0", "c2", "--instance-only"], "--instance-only can't be passed when the source is a snapshot"),
+    (["copy", "c1/s0", "c2", "--refresh"], "--refresh can only be used with instances"),
+    (["move", "c1/s0", "c2/s1"], "Invalid new snapshot name, parent must be the same as source"),
+    (["move", "c1/s0", "c1"], "Invalid new snapshot name"),
+    (["move", "c1", "local:"], "Can't perform local rename without a new instance name"),
+    (["move", "c1", "c2", "-c", "user.a=b"], "Can't override configuration or profiles in local rename"),
+    (["move", "c1", "c2", "--no-profiles"], "Can't override configuration or profiles in local rename"),
+    (["move", "c1", "c2", "--refresh", "--stateless"], "Can't perform an incremental transfer in local rename"),
+    (["copy", "c1", "c2", "--bogus"], "unknown flag: --bogus"),
+    (["move", "c1", "c2", "-e"], "unknown shorthand flag: 'e'"),
+]
+
+
+@pytest.mark.parametrize("args,message", ARGUMENT_ERRORS, ids=[" ".join(a) for a, _ in ARGUMENT_ERRORS])
+def test_argument_errors_need_no_server(tmp_path, args, message):
+    error = fails(offline(tmp_path), *args, contains=message)
+    assert "connect" not in error.lower() and "unix" not in error.lower(), error
+
+
+def test_help_and_aliases(tmp_path):
+    client = offline(tmp_path)
+    for verb, alias in (("copy", "cp"), ("move", "mv")):
+        text = ok(client, verb, "--help")
+        assert text == ok(client, alias, "--help")
+        assert "Transfer modes (--mode):" in text and "--mode MODE" in text and "--stateless" in text
+        assert "--target-project" in text and "--allow-inconsistent" in text and "--instance-only" in text
+    assert "--ephemeral" in ok(client, "copy", "--help") and "--ephemeral" not in ok(client, "move", "--help")
+    listed = ok(client, "--help")
+    assert re.search(r"^  copy +Copy instances within or in between servers$", listed, re.M)
+    assert re.search(r"^  move +Move instances within or in between servers$", listed, re.M)
+
+
+# --- one server -----------------------------------------------------------------------------------------------------
+def names(server, project="default"):
+    return sorted(i["name"] for i in server.call("GET", f"/1.0/instances?recursion=1&project={project}"))
+
+
+def snapshots(server, name, project="default"):
+    return [s["name"] for s in server.call("GET", f"/1.0/instances/{name}/snapshots?recursion=1&project={project}")]
+
+
+def running_operations(server):
+    ops = server.call("GET", "/1.0/operations?recursion=1") or {}
+    return [o for o in ops.get("running", [])]
+
+
+def test_local_rename_and_snapshot_rename(ready_server):
+    s = ready_server
+    s.launch("c1", start=False, config={"user.note": "kept"})
+    s.call("POST", "/1.0/instances/c1/snapshots", {"name": "s0"})
+    uuid = s.call("GET", "/1.0/instances/c1")["config"]["volatile.uuid"]
+
+    assert ok(s, "move", "c1", "c2") == ""
+    assert names(s) == ["c2"]
+    c2 = s.call("GET", "/1.0/instances/c2")
+    assert c2["config"]["user.note"] == "kept" and c2["config"]["volatile.uuid"] == uuid
+    assert ok(s, "mv", "c2/s0", "c2/first") == ""
+    assert snapshots(s, "c2") == ["first"]
+    assert ok(s, "move", "local:c2", "local:c3") == ""
+    assert names(s) == ["c3"]
+
+    s.launch("other", start=False)
+    fails(s, "move", "c3", "other", contains="already")
+    fails(s, "move", "nope", "c9", contains='Instance "nope" not found')
+    fails(s, "move", "c3/nope", "c3/x", contains="nope")
+    fails(s, "move", "c3", "bad_name", contains="Invalid instance name")
+    assert names(s) == ["c3", "other"] and snapshots(s, "c3") == ["first"]
+
+
+def test_local_copy_with_overrides_and_from_snapshot(ready_server):
+    s = ready_server
+    s.call("POST", "/1.0/profiles", {"name": "extra", "config": {"user.profile": "extra"}})
+    s.launch("c1", config={"user.note": "orig", "limits.memory": "64MiB"})
+    s.exec("c1", ["sh", "-c", "echo one > /root/data"])
+    s.call("POST", "/1.0/instances/c1/snapshots", {"name": "s0"})
+    s.exec("c1", ["sh", "-c", "echo two > /root/data"])
+    s.call("PUT", "/1.0/instances/c1/state", {"action": "stop", "force": True})
+
+    assert ok(s, "copy", "c1", "c2", "-c", "user.note=copy", "-p", "default", "-p", "extra") == ""
+    c1 = s.call("GET", "/1.0/instances/c1")
+    c2 = s.call("GET", "/1.0/instances/c2")
+    assert c2["config"]["user.note"] == "copy" and c2["config"]["limits.memory"] == "64MiB"
+    assert c2["profiles"] == ["default", "extra"] and c2["expanded_config"]["user.profile"] == "extra"
+    assert c2["config"]["volatile.uuid"] != c1["config"]["volatile.uuid"]
+    assert c2["config"]["volatile.base_image"] == c1["config"]["volatile.base_image"]
+    assert not c2["ephemeral"]
+    assert snapshots(s, "c2") == ["s0"]
+
+    assert ok(s, "cp", "c1", "only", "--instance-only") == ""
+    assert snapshots(s, "only") == []
+    assert ok(s, "copy", "c1/s0", "fromsnap") == ""
+    assert snapshots(s, "fromsnap") == []
+    s.call("PUT", "/1.0/instances/fromsnap/state", {"action": "start"})
+    assert s.exec("fromsnap", ["cat", "/root/data"])[1] == b"one\n"
+    assert ok(s, "copy", "c1", "eph", "-e", "--no-profiles", "-d", "root,type=disk", "-d", "root,path=/",
+              "-d", "root,pool=default") == ""
+    eph = s.call("GET", "/1.0/instances/eph")
+    assert eph["ephemeral"] and eph["profiles"] == [] and eph["devices"]["root"]["pool"] == "default"
+
+    fails(s, "copy", "c1", "c2", contains="already")
+    fails(s, "copy", "nope", "c9", contains='Instance "nope" not found')
+    fails(s, "copy", "c1/nope", "c9", contains="nope")
+    fails(s, "copy", "c1", "c9", "-p", "missing", contains="missing")
+    fails(s, "copy", "c1", "c9", "-c", "novalue", contains='Bad key=value pair: "novalue"')
+    fails(s, "copy", "c1", "c9", "-d", "root", contains="Bad device override syntax")
+    fails(s, "copy", "c1", "c9", "--target", "member1",
+          contains='--target needs a clustered server; "local" is not clustered')
+    assert "c9" not in names(s)
+
+
+def test_local_copy_and_move_to_another_pool(ready_server):
+    s = ready_server
+    s.call("POST", "/1.0/storage-pools", {"name": "second", "driver": "dir"})
+    s.launch("c1", start=False)
+    s.exec  # stopped instance: nothing to run
+    s.call("POST", "/1.0/instances/c1/snapshots", {"name": "s0"})
+
+    assert ok(s, "copy", "c1", "c2", "-s", "second") == ""
+    assert s.call("GET", "/1.0/instances/c2")["devices"]["root"]["pool"] == "second"
+    assert snapshots(s, "c2") == ["s0"]
+
+    # A move to another pool keeps the name and the snapshots (a copy under another name, a delete, a rename).
+    uuid = s.call("GET", "/1.0/instances/c1")["config"]["volatile.uuid"]
+    assert ok(s, "move", "c1", "-s", "second") == ""
+    assert names(s) == ["c1", "c2"]
+    c1 = s.call("GET", "/1.0/instances/c1")
+    assert c1["devices"]["root"]["pool"] == "second" and snapshots(s, "c1") == ["s0"]
+    assert os.path.isdir(os.path.join(s.dir, "storage-pools", "second", "containers", "default_c1"))
+    assert not os.path.exists(os.path.join(s.dir, "storage-pools", "default", "containers", "default_c1"))
+    del uuid  # a copy-based move makes a new instance record: Incus's server-side move would keep the uuid
+
+    # Running: without --stateless it is refused before anything happens; with it the instance comes back up.
+    s.call("PUT", "/1.0/instances/c2/state", {"action": "start"})
+    fails(s, "move", "c2", "-s", "default", contains="Live migration of containers is not supported yet")
+    assert s.call("GET", "/1.0/instances/c2")["devices"]["root"]["pool"] == "second"
+    assert ok(s, "move", "c2", "-s", "default", "--stateless") == ""
+    c2 = s.call("GET", "/1.0/instances/c2")
+    assert c2["devices"]["root"]["pool"] == "default" and c2["status"] == "Running"
+    fails(s, "move", "c2", "-s", "nopool", "--stateless", contains="nopool")
+    assert s.call("GET", "/1.0/instances/c2")["status"] == "Running"
+    assert names(s) == ["c1", "c2"]
+
+
+def test_local_copy_and_move_to_another_project(ready_server):
+    s = ready_server
+    s.call("POST", "/1.0/projects", {"name": "p2", "config": {"features.profiles": "false",
+                                                              "features.images": "false"}})
+    s.launch("c1", start=False)
+    assert ok(s, "copy", "c1", "c1", "--target-project", "p2") == ""
+    assert names(s, "p2") == ["c1"] and names(s) == ["c1"]
+    assert ok(s, "move", "c1", "moved", "--target-project", "p2") == ""
+    assert names(s, "p2") == ["c1", "moved"] and names(s) == []
+    # --project names the source project.
+    assert ok(s, "copy", "moved", "back", "--project", "p2", "--target-project", "default") == ""
+    assert names(s) == ["back"]
