@@ -97,7 +97,8 @@ static const char *endpoint_project(Endpoint *end)
 
 /* --- the new instance's definition --------------------------------------------------------------------- */
 
-/* Incus's InstanceIncludeWhenCopying: which volatile keys a copy keeps. */
+/* Incus's InstanceIncludeWhenCopying: which volatile keys a copy keeps (its client asks with remote_copy
+ * true for local copies too). */
 static gboolean include_when_copying(const char *key, gboolean remote_copy)
 {
     if (!g_str_has_prefix(key, "volatile."))
@@ -243,7 +244,6 @@ typedef struct {
     char *id;
     json_t *secrets; /* the operation's metadata: the secrets of a listening side */
     FerryOperationWatch *watch;
-    gboolean shows_progress;
     gboolean done;
     GError *error; /* set when done and failed */
 } Op;
@@ -582,6 +582,8 @@ static FerryWebsocket *dial_unix_websocket(const char *socket_path, const char *
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket upgrade with a wrong Sec-WebSocket-Accept");
         return NULL;
     }
+    /* The 10 s bound was for connecting and the upgrade; a channel may then sit idle for long. */
+    g_socket_set_timeout(g_socket_connection_get_socket(connection), 0);
     return ferry_websocket_new(G_IO_STREAM(connection), TRUE);
 }
 
@@ -820,7 +822,7 @@ static char *instances_path(Flags *flags)
 static gboolean local_copy(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, json_t *origin, const char *type,
                            gboolean keep_volatile, GError **error)
 {
-    g_autoptr(json_t) body = new_instance_body(flags, origin, type, dst->instance, keep_volatile, FALSE, error);
+    g_autoptr(json_t) body = new_instance_body(flags, origin, type, dst->instance, keep_volatile, TRUE, error);
     if (body == NULL)
         return FALSE;
     g_autofree char *source_name = src->snapshot != NULL ? g_strdup_printf("%s/%s", src->instance, src->snapshot)
@@ -1267,12 +1269,21 @@ static int transfer_between_servers(Cli *cli, Flags *flags, Endpoint *src, Endpo
     gboolean stopped = FALSE;
     gboolean ok = FALSE;
 
+    gboolean created_by_first_pass = FALSE;
     if (near_live) {
+        g_autofree char *target_instance = ferry_api_path("instances", dst->instance, NULL);
+        g_autoptr(GError) lookup_error = NULL;
+        g_autoptr(json_t) existing = ferry_client_get(dst->client, target_instance, NULL, &lookup_error);
+        if (existing == NULL && lookup_error->code != FERRY_ERROR_NOT_FOUND) {
+            g_propagate_error(error, g_steal_pointer(&lookup_error));
+            return -1;
+        }
         /* The first pass runs while the instance does: files may change under it, the final pass fixes
          * them, so vanished files are no error here. */
         t.allow_inconsistent = TRUE;
         if (!remote_copy(&t, error))
             return -1;
+        created_by_first_pass = existing == NULL;
         t.allow_inconsistent = flags->allow_inconsistent;
         json_object_del(t.body, "source");
     }
@@ -1287,6 +1298,11 @@ static int transfer_between_servers(Cli *cli, Flags *flags, Endpoint *src, Endpo
     if (ok && flags->refresh)
         ok = sync_refreshed_config(&t, error);
     if (!ok) {
+        /* Leave things as they were: no half-moved copy on the target, the source running again. */
+        if (created_by_first_pass) {
+            g_autoptr(GError) cleanup_error = NULL;
+            delete_instance(dst->client, dst->instance, &cleanup_error);
+        }
         if (stopped)
             restart_source(src, error);
         return -1;

@@ -52,6 +52,13 @@ static char *column_value(char column, json_t *instance)
     switch (column) {
     case 'n':
         return g_strdup(ferry_json_get_string(instance, "name"));
+    case 'a':
+        return g_strdup(ferry_json_get_string(instance, "architecture") ?: "");
+    case 'N':
+        if (!running)
+            return g_strdup("");
+        return g_strdup_printf("%" JSON_INTEGER_FORMAT,
+                               json_integer_value(json_object_get(state, "processes")));
     case 's':
         return g_ascii_strup(ferry_json_get_string(instance, "status") ?: "", -1);
     case '4':
@@ -115,6 +122,15 @@ static char *column_value(char column, json_t *instance)
             return g_strdup("");
         return cli_format_size(json_integer_value(usage), TRUE, 2);
     }
+    case 'M': {
+        json_t *memory = json_object_get(state, "memory");
+        json_t *usage = json_object_get(memory, "usage");
+        json_t *total = json_object_get(memory, "total");
+        if (!running || !json_is_integer(usage) || !json_is_integer(total) || json_integer_value(total) <= 0)
+            return g_strdup("");
+        return g_strdup_printf("%.1f%%",
+                               (double)json_integer_value(usage) * 100.0 / (double)json_integer_value(total));
+    }
     case 'D': {
         json_t *usage = json_object_get(json_object_get(json_object_get(state, "disk"), "root"), "usage");
         if (!json_is_integer(usage))
@@ -137,6 +153,10 @@ static const char *column_header(char column)
     switch (column) {
     case 'n':
         return "NAME";
+    case 'a':
+        return "ARCHITECTURE";
+    case 'N':
+        return "PROCESSES";
     case 's':
         return "STATE";
     case '4':
@@ -169,6 +189,8 @@ static const char *column_header(char column)
         return "BASE IMAGE";
     case 'm':
         return "MEMORY USAGE";
+    case 'M':
+        return "MEMORY USAGE%";
     case 'D':
         return "DISK USAGE";
     case 'u':
@@ -285,8 +307,12 @@ int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error)
                 first_filter = 1;
         }
     }
+    if (fast && columns != NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Can't specify --fast with --columns");
+        return -1;
+    }
     if (columns == NULL)
-        columns = g_strdup(fast ? "nstP" : (all_projects ? "ens46tS" : "ns46tS"));
+        columns = g_strdup(fast ? "nsacPt" : (all_projects ? "ens46tS" : "ns46tS"));
 
     g_autoptr(FerryClient) client = cli_connect(cli, remote, error);
     if (client == NULL)

@@ -40,10 +40,11 @@ const CliCommand cli_commands[] = {
     {"list", "ls", "[<remote>:] [<filter>...]", "List instances",
      "Default column layout: ns46tS\n\n"
      "Column shorthand chars:\n"
-     "  4 - IPv4 address\n  6 - IPv6 address\n  b - Storage pool\n  c - Creation date\n  d - Description\n"
-     "  D - Disk usage\n  e - Project name\n  f - Base Image fingerprint (short)\n"
+     "  4 - IPv4 address\n  6 - IPv6 address\n  a - Architecture\n  b - Storage pool\n  c - Creation date\n"
+     "  d - Description\n  D - Disk usage\n  e - Project name\n  f - Base Image fingerprint (short)\n"
      "  F - Base Image fingerprint (long)\n  l - Last used date\n  L - Location of the instance\n"
-     "  m - Memory usage\n  n - Name\n  p - PID of the instance's init process\n  P - Profiles\n"
+     "  m - Memory usage\n  M - Memory usage (%)\n  n - Name\n  N - Number of Processes\n"
+     "  p - PID of the instance's init process\n  P - Profiles\n"
      "  s - State\n  S - Number of snapshots\n  t - Type (persistent or ephemeral)\n  u - CPU usage (in "
      "seconds)",
      cli_cmd_list, NULL},

@@ -53,6 +53,7 @@ static gboolean make_layout(FerryDaemon *daemon, GError **error)
     } dirs[] = {
         {"", 0711},          {"database", 0700}, {"containers", 0711}, {"storage-pools", 0711},
         {"images", 0700},    {"logs", 0700},     {"disks", 0700},      {"uploads", 0700},
+        {"devices", 0711},
     };
     for (gsize i = 0; i < G_N_ELEMENTS(dirs); i++) {
         g_autofree char *path = ferry_daemon_path(daemon, dirs[i].name, NULL);

@@ -10,7 +10,10 @@
 #include "names.h"
 #include "pool.h"
 
+#include <fcntl.h>
 #include <glib/gstdio.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -555,6 +558,77 @@ void ferry_instance_create_abort(FerryDaemon *daemon, const char *project, const
     ferry_daemon_release_instance(daemon, project, name);
 }
 
+/* Disk devices are bind-mounted by the daemon into $FERRY_DIR/devices/<container>/<device> first, from the
+ * host's side, and liblxc mounts that inside: the container's root (an unprivileged uid) could not reach a
+ * source behind a directory only host root may traverse. */
+static char *stage_disk_device(FerryDaemon *daemon, const char *lxc_name, const char *device, const char *source,
+                               GError **error)
+{
+    struct stat st;
+    if (source[0] != '/' || stat(source, &st) < 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Disk device \"%s\": source \"%s\" doesn't exist",
+                    device, source);
+        return NULL;
+    }
+    g_autofree char *dir = ferry_daemon_path(daemon, "devices", lxc_name, NULL);
+    if (g_mkdir_with_parents(dir, 0711) < 0) {
+        ferry_set_error_errno(error, errno, "Failed to create %s", dir);
+        return NULL;
+    }
+    char *target = g_build_filename(dir, device, NULL);
+    umount2(target, MNT_DETACH);
+    int fd = S_ISDIR(st.st_mode) ? (g_mkdir(target, 0700) < 0 && errno != EEXIST ? -1 : 0)
+                                 : open(target, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd > 0)
+        close(fd);
+    if (fd < 0 || mount(source, target, NULL, MS_BIND | MS_REC, NULL) < 0) {
+        ferry_set_error_errno(error, errno, "Failed to prepare disk device \"%s\" (%s)", device, source);
+        g_free(target);
+        return NULL;
+    }
+    return target;
+}
+
+/* Undo stage_disk_device for every device of a container (after it stopped, or a failed start). */
+static void release_disk_devices(FerryDaemon *daemon, const char *lxc_name)
+{
+    g_autofree char *dir = ferry_daemon_path(daemon, "devices", lxc_name, NULL);
+    g_autoptr(GDir) listing = g_dir_open(dir, 0, NULL);
+    const char *entry;
+    while (listing != NULL && (entry = g_dir_read_name(listing)) != NULL) {
+        g_autofree char *target = g_build_filename(dir, entry, NULL);
+        umount2(target, MNT_DETACH);
+        g_remove(target);
+    }
+    g_rmdir(dir);
+}
+
+/* limits.memory and limits.cpu as the runtime takes them. */
+static void limits_of(json_t *expanded_config, gint64 *memory_bytes, const char **cpuset, gint64 *cpu_count)
+{
+    *memory_bytes = 0;
+    *cpuset = NULL;
+    *cpu_count = 0;
+    const char *memory = ferry_json_get_string(expanded_config, "limits.memory");
+    if (memory != NULL && *memory != '\0') {
+        gsize length = strlen(memory);
+        if (memory[length - 1] == '%') {
+            gint64 percent = g_ascii_strtoll(memory, NULL, 10);
+            *memory_bytes = (gint64)sysconf(_SC_PHYS_PAGES) * (gint64)sysconf(_SC_PAGESIZE) / 100 * percent;
+        } else {
+            ferry_parse_size(memory, memory_bytes);
+        }
+    }
+    const char *cpu = ferry_json_get_string(expanded_config, "limits.cpu");
+    if (cpu != NULL && *cpu != '\0') {
+        guint64 count;
+        if (g_ascii_string_to_unsigned(cpu, 10, 1, 4096, &count, NULL))
+            *cpu_count = (gint64)count;
+        else
+            *cpuset = cpu;
+    }
+}
+
 /* liblxc config from the expanded instance config. */
 static gboolean write_lxc_config(FerryDaemon *daemon, const char *project, const char *name, json_t *doc,
                                  FerryPool *pool, json_t *expanded_config, GError **error)
@@ -587,26 +661,37 @@ static gboolean write_lxc_config(FerryDaemon *daemon, const char *project, const
         .idmap = default_idmap(),
         .environment = (const char *const *)environment->pdata,
     };
-    const char *memory = ferry_json_get_string(expanded_config, "limits.memory");
-    if (memory != NULL && *memory != '\0') {
-        gsize length = strlen(memory);
-        if (memory[length - 1] == '%') {
-            gint64 percent = g_ascii_strtoll(memory, NULL, 10);
-            spec.memory_limit_bytes =
-                (gint64)sysconf(_SC_PHYS_PAGES) * (gint64)sysconf(_SC_PAGESIZE) / 100 * percent;
-        } else {
-            ferry_parse_size(memory, &spec.memory_limit_bytes);
+    limits_of(expanded_config, &spec.memory_limit_bytes, &spec.cpuset, &spec.cpu_count);
+    g_autoptr(json_t) expanded_devices = NULL;
+    if (!ferry_config_expand(daemon->db, project, json_object_get(doc, "profiles"), NULL,
+                             json_object_get(doc, "devices"), NULL, &expanded_devices, error))
+        return FALSE;
+    g_autoptr(GArray) mounts = g_array_new(FALSE, TRUE, sizeof(FerryContainerMount));
+    g_autoptr(GPtrArray) staged = g_ptr_array_new_with_free_func(g_free);
+    const char *device_name;
+    json_t *device;
+    json_object_foreach(expanded_devices, device_name, device) {
+        const char *source = ferry_json_get_string(device, "source");
+        const char *path = ferry_json_get_string(device, "path");
+        if (g_strcmp0(ferry_json_get_string(device, "type"), "disk") != 0 || source == NULL || path == NULL ||
+            g_str_equal(path, "/"))
+            continue;
+        char *stage = stage_disk_device(daemon, lxc_name, device_name, source, error);
+        if (stage == NULL) {
+            release_disk_devices(daemon, lxc_name);
+            return FALSE;
         }
+        g_ptr_array_add(staged, stage);
+        FerryContainerMount mount = {stage, path, ferry_config_bool(device, "readonly")};
+        g_array_append_val(mounts, mount);
     }
-    const char *cpu = ferry_json_get_string(expanded_config, "limits.cpu");
-    if (cpu != NULL && *cpu != '\0') {
-        guint64 count;
-        if (g_ascii_string_to_unsigned(cpu, 10, 1, 4096, &count, NULL))
-            spec.cpu_count = (gint64)count;
-        else
-            spec.cpuset = cpu;
+    spec.mounts = (const FerryContainerMount *)(void *)mounts->data;
+    spec.n_mounts = mounts->len;
+    if (!ferry_container_write_config(&spec, error)) {
+        release_disk_devices(daemon, lxc_name);
+        return FALSE;
     }
-    return ferry_container_write_config(&spec, error);
+    return TRUE;
 }
 
 /* Make the rootfs owners match the wanted map (privileged <-> unprivileged switch). */
@@ -660,6 +745,7 @@ gboolean ferry_instance_start(FerryDaemon *daemon, const char *project, const ch
     g_autofree char *lxcpath = lxc_path(daemon);
     g_autofree char *lxc_name = ferry_instance_volume_name(project, name);
     if (!ferry_container_start(lxcpath, lxc_name, daemon->helper_binary, error)) {
+        release_disk_devices(daemon, lxc_name);
         g_prefix_error(error, "Failed to start instance \"%s\": ", name);
         return FALSE;
     }
@@ -690,6 +776,7 @@ gboolean ferry_instance_stop(FerryDaemon *daemon, const char *project, const cha
         g_prefix_error(error, "Failed to stop instance \"%s\": ", name);
         return FALSE;
     }
+    release_disk_devices(daemon, lxc_name);
     json_object_set_new(json_object_get(doc, "config"), "volatile.last_state.power", json_string("STOPPED"));
     ferry_db_update(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, NULL);
     lifecycle(daemon, project, name, force ? "instance-stopped" : "instance-shutdown");
@@ -723,6 +810,7 @@ gboolean ferry_instance_delete(FerryDaemon *daemon, const char *project, const c
     if (!ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, volume, error))
         return FALSE;
     g_autofree char *lxcpath = lxc_path(daemon);
+    release_disk_devices(daemon, volume);
     ferry_container_destroy_config(lxcpath, volume, NULL);
     g_autofree char *log_dir = ferry_daemon_path(daemon, "logs", volume, NULL);
     g_autofree char *console_log = g_build_filename(log_dir, "console.log", NULL);
@@ -838,6 +926,18 @@ gboolean ferry_instance_update(FerryDaemon *daemon, const char *project, const c
         json_object_set(doc, "ephemeral", ephemeral);
     if (!ferry_db_update(daemon->db, FERRY_KIND_INSTANCE, project, "", name, doc, error))
         return FALSE;
+    /* Limits take effect at once on a running container, as in Incus; the rest at the next start. */
+    int code = 0;
+    ferry_instance_status(daemon, project, name, &code);
+    if (code == 103) {
+        gint64 memory = 0, cpus = 0;
+        const char *cpuset = NULL;
+        limits_of(expanded_config, &memory, &cpuset, &cpus);
+        g_autofree char *lxcpath = lxc_path(daemon);
+        g_autofree char *lxc_name = ferry_instance_volume_name(project, name);
+        if (!ferry_container_apply_limits(lxcpath, lxc_name, memory, cpuset, cpus, error))
+            return FALSE;
+    }
     lifecycle(daemon, project, name, "instance-updated");
     return TRUE;
 }
@@ -1051,7 +1151,7 @@ json_t *ferry_instance_copy_prepare(FerryDaemon *daemon, const char *project, js
     g_autoptr(json_t) base_config = ferry_instance_config_for_copy(json_object_get(origin, "config"));
     FerryPool *pool = NULL;
     json_t *doc = validate_new_instance(daemon, project, request, base_config, json_object_get(origin, "devices"),
-                                        json_object_get(origin, "profiles"), FALSE, &pool, error);
+                                        json_object_get(origin, "profiles"), TRUE, &pool, error);
     if (doc == NULL)
         return NULL;
     json_object_set(doc, "architecture", json_object_get(origin, "architecture") ?: json_string("x86_64"));

@@ -17,6 +17,7 @@ static const FerryRoute routes[] = {
     {"GET", "/1.0", api_server_get, TRUE},
     {"PUT", "/1.0", api_server_put, FALSE},
     {"PATCH", "/1.0", api_server_put, FALSE},
+    {"GET", "/1.0/resources", api_resources_get, FALSE},
 
     /* POST is reachable untrusted only to redeem a trust token; the handler enforces that. */
     {"GET", "/1.0/certificates", api_certificates_get, FALSE},

@@ -47,8 +47,8 @@ struct _FerryWebsocket {
     GCancellable *cancellable; /* every I/O uses it; cancelled by abort */
     GPollFD cancel_fd;         /* of cancellable, kept for the websocket's life */
     gboolean have_cancel_fd;
-    gint aborted;              /* atomic */
-    gint cancelled_by_caller;  /* atomic: the abort came from a caller's GCancellable */
+    gint aborted;             /* atomic */
+    gint cancelled_by_caller; /* atomic: the abort came from a caller's GCancellable */
     gboolean stream_closed;
 
     /* Receiving side, all under recv_lock. The pointers into wslay's buffer stay valid until the next
@@ -64,7 +64,7 @@ struct _FerryWebsocket {
     guint8 frame_opcode;
     gboolean frame_fin;
     guint64 frame_length, frame_read;
-    guint8 msg_opcode; /* of the data message being received, 0 between messages */
+    guint8 msg_opcode;     /* of the data message being received, 0 between messages */
     const guint8 *pending; /* payload read_stream has not handed out yet */
     gsize pending_len;
     guint8 control[125];
@@ -121,7 +121,8 @@ static void set_io_error(FerryWebsocket *ws, const char *what, const GError *cau
     if (g_atomic_int_get(&ws->aborted))
         set_aborted_error(ws, error);
     else
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket %s failed: %s", what, cause->message);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket %s failed: %s", what,
+                    cause->message);
 }
 
 static gboolean fail_recv(FerryWebsocket *ws, GError *cause, GError **error)
@@ -140,7 +141,8 @@ static gboolean fail_send(FerryWebsocket *ws, GError *cause, GError **error)
     return FALSE;
 }
 
-static gboolean protocol_error(FerryWebsocket *ws, GError **error, const char *format, ...) G_GNUC_PRINTF(3, 4);
+static gboolean protocol_error(FerryWebsocket *ws, GError **error, const char *format, ...)
+    G_GNUC_PRINTF(3, 4);
 
 static gboolean protocol_error(FerryWebsocket *ws, GError **error, const char *format, ...)
 {
@@ -148,8 +150,8 @@ static gboolean protocol_error(FerryWebsocket *ws, GError **error, const char *f
     va_start(args, format);
     g_autofree char *detail = g_strdup_vprintf(format, args);
     va_end(args);
-    return fail_recv(ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INVALID, "Websocket protocol error: %s", detail),
-                     error);
+    return fail_recv(
+        ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INVALID, "Websocket protocol error: %s", detail), error);
 }
 
 /* ---- wslay callbacks ---- */
@@ -161,7 +163,8 @@ static ssize_t on_wslay_recv(uint8_t *buf, size_t len, int flags, void *user_dat
     if (ws->read_error != NULL || ws->read_eof)
         return -1;
     if (ws->rbuf_pos == ws->rbuf_len) {
-        gssize n = g_input_stream_read(ws->input, ws->rbuf, READ_BUFFER_SIZE, ws->cancellable, &ws->read_error);
+        gssize n =
+            g_input_stream_read(ws->input, ws->rbuf, READ_BUFFER_SIZE, ws->cancellable, &ws->read_error);
         if (n < 0)
             return -1;
         if (n == 0) {
@@ -408,8 +411,8 @@ static gboolean pace(FerryWebsocket *ws, gsize bytes)
 }
 
 /* One frame; frame_lock held. Payload counts against the send limit when paced. */
-static gboolean send_frame_locked(FerryWebsocket *ws, guint8 opcode, gboolean fin, const guint8 *data, gsize length,
-                                  gboolean paced, GError **error)
+static gboolean send_frame_locked(FerryWebsocket *ws, guint8 opcode, gboolean fin, const guint8 *data,
+                                  gsize length, gboolean paced, GError **error)
 {
     if (ws->send_failed != NULL) {
         g_propagate_error(error, g_error_copy(ws->send_failed));
@@ -457,9 +460,9 @@ static gboolean send_frame_locked(FerryWebsocket *ws, guint8 opcode, gboolean fi
             if (r == WSLAY_ERR_WANT_WRITE)
                 continue;
             if (r < 0)
-                return fail_send(ws,
-                                 g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket frame not sent (%zd)", r),
-                                 error);
+                return fail_send(
+                    ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket frame not sent (%zd)", r),
+                    error);
             iocb.data += r;
             iocb.data_length -= (size_t)r;
             if (iocb.data_length == 0)
@@ -543,11 +546,15 @@ static gboolean send_close_frame(FerryWebsocket *ws, guint16 code, const char *r
     return ok;
 }
 
-gboolean ferry_websocket_send(FerryWebsocket *ws, FerryWsType type, const void *data, gsize length, GError **error)
+gboolean ferry_websocket_send(FerryWebsocket *ws, FerryWsType type, const void *data, gsize length,
+                              GError **error)
 {
     g_return_val_if_fail(ws != NULL, FALSE);
     g_return_val_if_fail(type == FERRY_WS_TEXT || type == FERRY_WS_BINARY, FALSE);
     g_return_val_if_fail(data != NULL || length == 0, FALSE);
+    static const guint8 nothing[1];
+    if (data == NULL)
+        data = nothing;
 
     g_mutex_lock(&ws->msg_lock);
     g_mutex_lock(&ws->frame_lock);
@@ -597,8 +604,8 @@ static gboolean handle_control(FerryWebsocket *ws, GError **error)
     send_close_frame(ws, code, NULL, NULL);
 
     g_autofree char *valid_reason = g_utf8_make_valid(reason, -1);
-    GError *closed = g_error_new(G_IO_ERROR, G_IO_ERROR_CLOSED, "Websocket closed by peer (code %u%s%s)", code,
-                                 *valid_reason != '\0' ? ": " : "", valid_reason);
+    GError *closed = g_error_new(G_IO_ERROR, G_IO_ERROR_CLOSED, "Websocket closed by peer (code %u%s%s)",
+                                 code, *valid_reason != '\0' ? ": " : "", valid_reason);
     return fail_recv(ws, closed, error);
 }
 
@@ -640,7 +647,8 @@ static gboolean recv_chunk(FerryWebsocket *ws, Chunk *chunk, GError **error)
                 return protocol_error(ws, error, "reserved bits set without an extension");
             if (iocb.mask != (ws->is_client ? 0 : 1))
                 return protocol_error(ws, error, "%s",
-                                      ws->is_client ? "masked frame from a server" : "unmasked frame from a client");
+                                      ws->is_client ? "masked frame from a server"
+                                                    : "unmasked frame from a client");
             switch (iocb.opcode) {
             case OPCODE_CONTINUATION:
                 if (ws->msg_opcode == 0)
@@ -698,8 +706,8 @@ static gboolean recv_chunk(FerryWebsocket *ws, Chunk *chunk, GError **error)
 static void too_large(FerryWebsocket *ws, GError **error)
 {
     fail_recv(ws,
-              g_error_new(FERRY_ERROR, FERRY_ERROR_TOO_LARGE, "Websocket message larger than %" G_GSIZE_FORMAT " bytes",
-                          ws->max_message),
+              g_error_new(FERRY_ERROR, FERRY_ERROR_TOO_LARGE,
+                          "Websocket message larger than %" G_GSIZE_FORMAT " bytes", ws->max_message),
               error);
 }
 
@@ -746,7 +754,8 @@ static GBytes *receive_locked(FerryWebsocket *ws, FerryWsType *type_out, GError 
     return g_byte_array_free_to_bytes(g_steal_pointer(&buffer));
 }
 
-GBytes *ferry_websocket_receive(FerryWebsocket *ws, FerryWsType *type_out, GCancellable *cancellable, GError **error)
+GBytes *ferry_websocket_receive(FerryWebsocket *ws, FerryWsType *type_out, GCancellable *cancellable,
+                                GError **error)
 {
     g_return_val_if_fail(ws != NULL, NULL);
 
@@ -1041,7 +1050,8 @@ static gpointer relay_thread(gpointer data)
     return NULL;
 }
 
-gboolean ferry_websocket_proxy(FerryWebsocket *a, FerryWebsocket *b, GCancellable *cancellable, GError **error)
+gboolean ferry_websocket_proxy(FerryWebsocket *a, FerryWebsocket *b, GCancellable *cancellable,
+                               GError **error)
 {
     g_return_val_if_fail(a != NULL && b != NULL && a != b, FALSE);
 
@@ -1083,9 +1093,11 @@ gboolean ferry_websocket_close(FerryWebsocket *ws, guint16 code, const char *rea
 
     if (ok && ws->recv_failed == NULL && ws->socket != NULL) {
         /* Wait for the peer's answer before closing: closing with its data unread would reset the
-         * connection, and the peer could lose our close frame. Without a socket there is no timeout. */
+         * connection, and the peer could lose our close frame. The socket timeout bounds a silent peer, the
+         * deadline one that keeps sending. Without a socket there is no timeout: no wait. */
         g_socket_set_timeout(ws->socket, CLOSE_WAIT_SECONDS);
-        for (;;) {
+        gint64 deadline = g_get_monotonic_time() + CLOSE_WAIT_SECONDS * G_USEC_PER_SEC;
+        while (g_get_monotonic_time() < deadline) {
             Chunk chunk;
             if (!recv_chunk(ws, &chunk, NULL))
                 break;
@@ -1109,8 +1121,8 @@ typedef struct {
     gboolean rejected;
 } PinCheck;
 
-static gboolean on_accept_certificate(GTlsConnection *connection, GTlsCertificate *peer, GTlsCertificateFlags errors,
-                                      gpointer user_data)
+static gboolean on_accept_certificate(GTlsConnection *connection, GTlsCertificate *peer,
+                                      GTlsCertificateFlags errors, gpointer user_data)
 {
     PinCheck *check = user_data;
     if (g_tls_certificate_is_same(peer, check->pinned))
@@ -1126,7 +1138,8 @@ static GByteArray *read_error_body(GInputStream *input, SoupMessageHeaders *head
     GByteArray *raw = g_byte_array_new();
     g_byte_array_append(raw, extra, (guint)extra_len);
     SoupEncoding encoding = soup_message_headers_get_encoding(headers);
-    goffset want = encoding == SOUP_ENCODING_CONTENT_LENGTH ? soup_message_headers_get_content_length(headers) : -1;
+    goffset want =
+        encoding == SOUP_ENCODING_CONTENT_LENGTH ? soup_message_headers_get_content_length(headers) : -1;
     guint8 buf[4096];
     while (raw->len < MAX_ERROR_BODY && (want < 0 || (goffset)raw->len < want)) {
         if (encoding == SOUP_ENCODING_CHUNKED && raw->len >= 5 &&
@@ -1185,8 +1198,9 @@ static char *accept_key(const char *key)
     return g_base64_encode(digest, digest_len);
 }
 
-/* Send the upgrade request and read the answer; *leftover gets the bytes after the headers. */
-static gboolean http_upgrade(GIOStream *stream, const char *host_header, const char *target, const char *address,
+/* Send the upgrade request and read the answer; *leftover gets the bytes after the headers. address is
+ * host:port, for the Host header and messages. */
+static gboolean http_upgrade(GIOStream *stream, const char *address, const char *target,
                              GByteArray **leftover, GCancellable *cancellable, GError **error)
 {
     guint8 nonce[16];
@@ -1203,7 +1217,7 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
                                                "Sec-WebSocket-Key: %s\r\n"
                                                "Sec-WebSocket-Version: 13\r\n"
                                                "\r\n",
-                                               target, host_header, FERRY_VERSION, key);
+                                               target, address, FERRY_VERSION, key);
     g_autoptr(GError) local_error = NULL;
     GInputStream *input = g_io_stream_get_input_stream(stream);
     if (!g_output_stream_write_all(g_io_stream_get_output_stream(stream), request, strlen(request), NULL,
@@ -1219,8 +1233,8 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
         guint8 buf[4096];
         gssize n = g_input_stream_read(input, buf, sizeof buf, cancellable, &local_error);
         if (n < 0) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "Failed to read websocket upgrade answer "
-                        "from %s: %s", address, local_error->message);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                        "Failed to read websocket upgrade answer from %s: %s", address, local_error->message);
             return FALSE;
         }
         if (n == 0) {
@@ -1237,8 +1251,8 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
             }
         }
         if (header_end == 0 && response->len > MAX_RESPONSE_HEADER) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket upgrade answer from %s is too long",
-                        address);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                        "Websocket upgrade answer from %s is too long", address);
             return FALSE;
         }
     }
@@ -1248,7 +1262,8 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
     g_autofree char *reason = NULL;
     if (!soup_headers_parse_response((const char *)response->data, (int)header_end, headers, NULL, &status,
                                      &reason)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Malformed websocket upgrade answer from %s", address);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Malformed websocket upgrade answer from %s",
+                    address);
         return FALSE;
     }
     if (status != SOUP_STATUS_SWITCHING_PROTOCOLS) {
@@ -1262,7 +1277,8 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
     if (!soup_message_headers_header_equals(headers, "Upgrade", "websocket") ||
         !soup_message_headers_header_contains(headers, "Connection", "upgrade") || accept == NULL ||
         strcmp(accept, expected) != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Invalid websocket upgrade answer from %s", address);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Invalid websocket upgrade answer from %s",
+                    address);
         return FALSE;
     }
     *leftover = g_byte_array_new();
@@ -1270,8 +1286,8 @@ static gboolean http_upgrade(GIOStream *stream, const char *host_header, const c
     return TRUE;
 }
 
-FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pem, GTlsCertificate *client_cert,
-                                     GCancellable *cancellable, GError **error)
+FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pem,
+                                     GTlsCertificate *client_cert, GCancellable *cancellable, GError **error)
 {
     g_return_val_if_fail(url != NULL, NULL);
 
@@ -1285,8 +1301,8 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
     const char *scheme = g_uri_get_scheme(uri);
     gboolean tls = g_ascii_strcasecmp(scheme, "wss") == 0;
     if (!tls && g_ascii_strcasecmp(scheme, "ws") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid websocket URL %s: scheme must be ws or wss",
-                    url);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid websocket URL %s: scheme must be ws or wss", url);
         return NULL;
     }
     const char *host = g_uri_get_host(uri);
@@ -1316,10 +1332,11 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
 
     g_autoptr(GSocketClient) client = g_socket_client_new();
     g_socket_client_set_enable_proxy(client, FALSE);
-    /* Also the I/O timeout of the new socket, so it bounds the TLS handshake and the upgrade; lifted after. */
+    /* Also the new socket's I/O timeout: it bounds the TLS handshake and the upgrade (new() lifts it). */
     g_socket_client_set_timeout(client, DIAL_TIMEOUT_SECONDS);
     g_autoptr(GSocketConnectable) connectable = g_network_address_new(host, (guint16)port);
-    g_autoptr(GSocketConnection) connection = g_socket_client_connect(client, connectable, cancellable, &local_error);
+    g_autoptr(GSocketConnection) connection =
+        g_socket_client_connect(client, connectable, cancellable, &local_error);
     if (connection == NULL) {
         if (g_error_matches(local_error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
             g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_CANCELLED, "Websocket dial cancelled");
@@ -1344,7 +1361,8 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
         if (client_cert != NULL)
             g_tls_connection_set_certificate(G_TLS_CONNECTION(stream), client_cert);
         PinCheck check = {.pinned = pinned};
-        gulong handler = g_signal_connect(stream, "accept-certificate", G_CALLBACK(on_accept_certificate), &check);
+        gulong handler =
+            g_signal_connect(stream, "accept-certificate", G_CALLBACK(on_accept_certificate), &check);
         gboolean shaken = g_tls_connection_handshake(G_TLS_CONNECTION(stream), cancellable, &local_error);
         g_signal_handler_disconnect(stream, handler);
         if (!shaken) {
@@ -1363,7 +1381,7 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
     }
 
     g_autoptr(GByteArray) leftover = NULL;
-    if (!http_upgrade(stream, address, target, address, &leftover, cancellable, error))
+    if (!http_upgrade(stream, address, target, &leftover, cancellable, error))
         return NULL;
 
     FerryWebsocket *ws = ferry_websocket_new(stream, TRUE);

@@ -54,8 +54,8 @@ FerryWebsocket *ferry_websocket_new(GIOStream *stream, gboolean is_client);
  * must finish within 10 s. A refused pin is FERRY_ERROR_FORBIDDEN, an unreachable host
  * FERRY_ERROR_UNAVAILABLE; an answer other than 101 is an error whose code is the HTTP status and whose
  * message is the Incus "error" field of the body when there is one. */
-FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pem, GTlsCertificate *client_cert,
-                                     GCancellable *cancellable, GError **error);
+FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pem,
+                                     GTlsCertificate *client_cert, GCancellable *cancellable, GError **error);
 
 /* Send one whole message (one frame). Safe from several threads at once. */
 gboolean ferry_websocket_send(FerryWebsocket *ws, FerryWsType type, const void *data, gsize length,

@@ -149,22 +149,20 @@ def test_local_copy_and_move_to_another_pool(ready_server):
     s = ready_server
     s.call("POST", "/1.0/storage-pools", {"name": "second", "driver": "dir"})
     s.launch("c1", start=False)
-    s.exec  # stopped instance: nothing to run
     s.call("POST", "/1.0/instances/c1/snapshots", {"name": "s0"})
 
     assert ok(s, "copy", "c1", "c2", "-s", "second") == ""
     assert s.call("GET", "/1.0/instances/c2")["devices"]["root"]["pool"] == "second"
     assert snapshots(s, "c2") == ["s0"]
 
-    # A move to another pool keeps the name and the snapshots (a copy under another name, a delete, a rename).
-    uuid = s.call("GET", "/1.0/instances/c1")["config"]["volatile.uuid"]
+    # A move to another pool keeps the name and the snapshots (ferryd has no server-side move: a copy under
+    # another name, a delete, a rename).
     assert ok(s, "move", "c1", "-s", "second") == ""
     assert names(s) == ["c1", "c2"]
     c1 = s.call("GET", "/1.0/instances/c1")
     assert c1["devices"]["root"]["pool"] == "second" and snapshots(s, "c1") == ["s0"]
     assert os.path.isdir(os.path.join(s.dir, "storage-pools", "second", "containers", "default_c1"))
     assert not os.path.exists(os.path.join(s.dir, "storage-pools", "default", "containers", "default_c1"))
-    del uuid  # a copy-based move makes a new instance record: Incus's server-side move would keep the uuid
 
     # Running: without --stateless it is refused before anything happens; with it the instance comes back up.
     s.call("PUT", "/1.0/instances/c2/state", {"action": "start"})
@@ -180,8 +178,9 @@ def test_local_copy_and_move_to_another_pool(ready_server):
 
 def test_local_copy_and_move_to_another_project(ready_server):
     s = ready_server
-    s.call("POST", "/1.0/projects", {"name": "p2", "config": {"features.profiles": "false",
-                                                              "features.images": "false"}})
+    s.call("POST", "/1.0/projects", {"name": "p2"})
+    s.call("PATCH", "/1.0/profiles/default?project=p2",
+           {"devices": {"root": {"type": "disk", "path": "/", "pool": "default"}}})
     s.launch("c1", start=False)
     assert ok(s, "copy", "c1", "c1", "--target-project", "p2") == ""
     assert names(s, "p2") == ["c1"] and names(s) == ["c1"]
@@ -190,3 +189,191 @@ def test_local_copy_and_move_to_another_project(ready_server):
     # --project names the source project.
     assert ok(s, "copy", "moved", "back", "--project", "p2", "--target-project", "default") == ""
     assert names(s) == ["back"]
+
+
+# --- two servers ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def pair(server_factory, busybox_image, tmp_path):
+    """(a, b, client): a is the client's `local` (unix socket) and also listens on HTTPS; b is remote "b"."""
+    a = server_factory("a")
+    a.init_storage()
+    a.import_image(busybox_image)
+    a.listen_https()
+    b = server_factory("b")
+    b.init_storage()
+    b.listen_https()
+    client = Client(tmp_path / "laptop", a)
+    ok(client, "remote", "add", "b", new_token(b, "laptop"))
+    return a, b, client
+
+
+def settle(*servers):
+    """No operation is left running on any server once the CLI is done (cancelled on failure)."""
+    for server in servers:
+        assert running_operations(server) == [], running_operations(server)
+
+
+def make_source(server, name="c1", running=False):
+    """An instance with a file in two versions: the snapshot s0 has "one", the instance "two"."""
+    server.launch(name, config={"user.note": "orig"})
+    server.exec(name, ["sh", "-c", "echo one > /root/data; mkdir -p /root/dir; ln -s /etc /root/dir/link"])
+    server.call("POST", f"/1.0/instances/{name}/snapshots", {"name": "s0"})
+    server.exec(name, ["sh", "-c", "echo two > /root/data"])
+    if not running:
+        server.call("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
+    return server.call("GET", f"/1.0/instances/{name}")
+
+
+def read_file(server, name, path="/root/data"):
+    inst = server.call("GET", f"/1.0/instances/{name}")
+    if inst["status"] != "Running":
+        server.call("PUT", f"/1.0/instances/{name}/state", {"action": "start"})
+    code, out, err = server.exec(name, ["cat", path])
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("mode", ["pull", "push", "relay"])
+def test_copy_between_servers(pair, mode):
+    a, b, client = pair
+    source = make_source(a)
+    assert ok(client, "copy", "c1", f"b:{mode}", "--mode", mode) == ""
+    copy = b.call("GET", f"/1.0/instances/{mode}")
+    assert copy["config"]["user.note"] == "orig"
+    assert copy["config"]["volatile.base_image"] == source["config"]["volatile.base_image"]
+    # A copy is a new instance: Incus's client drops the volatile keys but the base image.
+    assert copy["config"]["volatile.uuid"] != source["config"]["volatile.uuid"]
+    assert copy["status"] == "Stopped" and copy["profiles"] == ["default"]
+    assert snapshots(b, mode) == ["s0"]
+    assert read_file(b, mode) == b"two\n"
+    assert b.exec(mode, ["readlink", "/root/dir/link"])[1] == b"/etc\n"
+    b.call("PUT", f"/1.0/instances/{mode}", {"restore": "s0"})
+    assert read_file(b, mode) == b"one\n"
+    # The source is untouched.
+    assert a.call("GET", "/1.0/instances/c1")["status"] == "Stopped" and snapshots(a, "c1") == ["s0"]
+    settle(a, b)
+
+
+def test_copy_snapshot_overrides_and_refusals(pair):
+    a, b, client = pair
+    make_source(a)
+    b.call("POST", "/1.0/storage-pools", {"name": "second", "driver": "dir"})
+
+    # A snapshot becomes an instance of its own; the name defaults to the parent's.
+    assert ok(client, "copy", "c1/s0", "b:", "-c", "user.extra=1", "-s", "second") == ""
+    fromsnap = b.call("GET", "/1.0/instances/c1")
+    assert fromsnap["config"]["user.extra"] == "1" and fromsnap["devices"]["root"]["pool"] == "second"
+    assert snapshots(b, "c1") == []
+    assert read_file(b, "c1") == b"one\n"
+    assert ok(client, "copy", "c1", "b:only", "--instance-only", "--mode", "push", "--no-profiles",
+              "-d", "root,type=disk", "-d", "root,path=/", "-d", "root,pool=default") == ""
+    only = b.call("GET", "/1.0/instances/only")
+    assert snapshots(b, "only") == [] and only["profiles"] == []
+    assert read_file(b, "only") == b"two\n"
+    settle(a, b)
+
+    # The target refuses: the error names it, and the source's operation does not linger.
+    fails(client, "copy", "c1", "b:", contains='Migration failed on target "b": ')
+    fails(client, "copy", "c1", "b:c9", "-p", "nosuch", contains='Migration failed on target "b": ')
+    fails(client, "copy", "c1", "b:c9", "--mode", "relay", "-p", "nosuch", contains='target "b"')
+    fails(client, "copy", "c1", "b:c9", "--mode", "push", "-p", "nosuch", contains='target "b"')
+    fails(client, "copy", "c1", "b:bad_name", contains="Invalid instance name")
+    fails(client, "copy", "nope", "b:c9", contains='Instance "nope" not found')
+    fails(client, "copy", "c1/nope", "b:c9", contains="nope")
+    fails(client, "copy", "c1", "b:c9", "--target", "m1", contains='--target needs a clustered server; "b" is not clustered')
+    assert sorted(names(b)) == ["c1", "only"]
+    settle(a, b)
+
+
+def test_move_between_servers_and_back(pair):
+    a, b, client = pair
+    source = make_source(a)
+    assert ok(client, "move", "c1", "b:") == ""
+    assert names(a) == []
+    moved = b.call("GET", "/1.0/instances/c1")
+    # A move keeps the instance's identity: its volatile keys go along.
+    assert moved["config"]["volatile.uuid"] == source["config"]["volatile.uuid"]
+    assert moved["config"]["user.note"] == "orig" and snapshots(b, "c1") == ["s0"]
+    assert moved["status"] == "Stopped"
+
+    assert ok(client, "move", "b:c1", "local:back", "--mode", "push") == ""
+    assert names(b) == [] and names(a) == ["back"]
+    assert snapshots(a, "back") == ["s0"]
+    assert ok(client, "mv", "back", "b:again", "--mode", "relay") == ""
+    assert names(a) == [] and names(b) == ["again"]
+    assert read_file(b, "again") == b"two\n"
+    settle(a, b)
+
+
+def test_move_running_instance(pair):
+    a, b, client = pair
+    make_source(a, "r1", running=True)
+    a.exec("r1", ["sh", "-c", "echo live > /root/late"])
+
+    # No live migration of containers: refused before anything is asked of either server.
+    fails(client, "move", "r1", "b:", contains="Live migration of containers is not supported yet: stop the "
+                                              "instance first or use --stateless")
+    fails(client, "copy", "r1", "b:", contains="--stateless")
+    assert a.call("GET", "/1.0/instances/r1")["status"] == "Running" and names(b) == []
+    settle(a, b)
+
+    # A stateless copy of a running instance leaves both as they were: the source running, the copy stopped.
+    assert ok(client, "copy", "r1", "b:copy", "--stateless") == ""
+    assert a.call("GET", "/1.0/instances/r1")["status"] == "Running"
+    assert b.call("GET", "/1.0/instances/copy")["status"] == "Stopped"
+    assert read_file(b, "copy", "/root/late") == b"live\n"
+
+    # A stateless move stops the source first, and the moved instance comes back up on the target.
+    assert ok(client, "move", "r1", "b:", "--stateless") == ""
+    assert names(a) == []
+    moved = b.call("GET", "/1.0/instances/r1")
+    assert moved["status"] == "Running"
+    assert b.exec("r1", ["cat", "/root/late"])[1] == b"live\n"
+    settle(a, b)
+
+
+def test_source_without_network_needs_push_or_relay(pair):
+    a, b, client = pair
+    make_source(a)
+    a.call("PATCH", "/1.0", {"config": {"core.https_address": ""}})
+    assert a.call("GET", "/1.0")["environment"]["addresses"] == []
+
+    error = fails(client, "copy", "c1", "b:", contains="The source server isn't listening on the network")
+    assert "core.https_address" in error and "relay" in error
+    settle(a, b)
+    assert names(b) == []
+    # The CLI reaches `local` over its unix socket: relay works; so does push (the source dials the target).
+    assert ok(client, "copy", "c1", "b:relayed", "--mode", "relay") == ""
+    assert ok(client, "copy", "c1", "b:pushed", "--mode", "push") == ""
+    assert names(b) == ["pushed", "relayed"]
+    assert snapshots(b, "relayed") == ["s0"] and read_file(b, "pushed") == b"two\n"
+    # And the other way round the target is the one off the network: pull and relay, not push.
+    fails(client, "copy", "b:pushed", "local:back", "--mode", "push",
+          contains="The target server isn't listening on the network")
+    assert ok(client, "copy", "b:pushed", "local:back") == ""
+    assert names(a) == ["back", "c1"]
+    settle(a, b)
+
+
+def test_progress_only_on_a_terminal(pair):
+    a, b, client = pair
+    a.launch("big")
+    # Incompressible data so that the transfer takes a moment.
+    a.exec("big", ["sh", "-c", "head -c 64000000 /dev/urandom > /root/blob"])
+    a.call("PUT", "/1.0/instances/big/state", {"action": "stop", "force": True})
+
+    command = f"{FERRY} copy big b:shown"
+    proc = subprocess.run(["script", "-qec", command, "/dev/null"], env=client.env(), capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout.decode(errors="replace")
+    assert re.search(r"Transferring instance: [^\r]*\d+% \(", out), out
+    # The progress line is wiped at the end: carriage return, blanks, carriage return.
+    assert re.search(r"\r +\r$", out), repr(out[-200:])
+
+    # -q and a pipe: nothing at all.
+    assert ok(client, "copy", "big", "b:piped") == ""
+    proc = subprocess.run(["script", "-qec", f"{FERRY} copy -q big b:quiet", "/dev/null"], env=client.env(),
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == b"", proc.stdout
+    assert names(b) == ["piped", "quiet", "shown"]

@@ -9,6 +9,7 @@ G_BEGIN_DECLS
 /* server_info.c: /1.0 */
 FerryResponse *api_server_get(FerryRequest *request);
 FerryResponse *api_server_put(FerryRequest *request);   /* PUT and PATCH */
+FerryResponse *api_resources_get(FerryRequest *request);
 
 /* certificates.c: /1.0/certificates */
 FerryResponse *api_certificates_get(FerryRequest *request);

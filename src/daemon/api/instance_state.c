@@ -65,8 +65,9 @@ FerryResponse *api_instance_state_put(FerryRequest *request)
         ferry_instance_status(request->daemon, request->project, name, &code);
         if (g_str_equal(action, "start") && code == 103)
             return ferry_response_error_new(400, "The instance is already running");
-        if (g_str_equal(action, "stop") && code == 102)
-            return ferry_response_error_new(400, "The instance is already stopped");
+        if ((g_str_equal(action, "stop") || g_str_equal(action, "restart")) && code == 102)
+            return ferry_response_error_new(400, g_str_equal(action, "stop") ? "The instance is already stopped"
+                                                                             : "The instance isn't running");
     }
     static const char *const descriptions[] = {"Starting instance", "Stopping instance", "Restarting instance",
                                                "Freezing instance", "Unfreezing instance"};

@@ -164,3 +164,20 @@ FerryResponse *api_server_put(FerryRequest *request)
     ferry_events_lifecycle(daemon->events, NULL, "config-updated", "/1.0");
     return ferry_response_sync(NULL);
 }
+
+/* GET /1.0/resources: what this host offers, in the shape of Incus's resources API (CPU and memory). */
+FerryResponse *api_resources_get(FerryRequest *request)
+{
+    guint cpus = g_get_num_processors();
+    json_t *cores = json_array();
+    for (guint i = 0; i < cpus; i++)
+        json_array_append_new(cores, json_pack("{s:i, s:[{s:i, s:b, s:i}]}", "core", (int)i, "threads", "id", (int)i,
+                                               "online", TRUE, "thread", 0));
+    gint64 page = sysconf(_SC_PAGESIZE);
+    gint64 total = (gint64)sysconf(_SC_PHYS_PAGES) * page;
+    gint64 available = (gint64)sysconf(_SC_AVPHYS_PAGES) * page;
+    return ferry_response_sync(json_pack("{s:{s:s, s:i, s:[{s:i, s:o}]}, s:{s:I, s:I}}", "cpu", "architecture",
+                                         "x86_64", "total", (int)cpus, "sockets", "socket", 0, "cores", cores,
+                                         "memory", "total", (json_int_t)total, "used",
+                                         (json_int_t)(total - available)));
+}

@@ -18,6 +18,20 @@
 
 /* Incus's default seccomp policy: module loading, kexec and open_by_handle_at (which walks out of a bind
  * mount: the "shocker" escape) are refused with ENOSYS, and so is a forced umount. */
+static char *escape_fstab(const char *text)
+{
+    GString *escaped = g_string_new(NULL);
+    for (const char *p = text; *p != '\0'; p++) {
+        if (*p == ' ')
+            g_string_append(escaped, "\\040");
+        else if (*p == '\t')
+            g_string_append(escaped, "\\011");
+        else
+            g_string_append_c(escaped, *p);
+    }
+    return g_string_free(escaped, FALSE);
+}
+
 static const char seccomp_policy[] = "2\n"
                                      "denylist\n"
                                      "reject_force_umount\n"
@@ -123,7 +137,7 @@ static gboolean check_cpuset(const char *cpuset, GError **error)
 
 /* The first count CPUs this process may run on, as a CPU list: limits.cpu=N pins the container to N CPUs
  * that its parent cgroup actually allows (and never to more than there are). */
-static char *first_cpus(gint64 count, GError **error)
+char *ferry_lxc_first_cpus(gint64 count, GError **error)
 {
     cpu_set_t allowed;
     CPU_ZERO(&allowed);
@@ -260,13 +274,33 @@ static char *render_config(const FerryContainerSpec *spec, const char *seccomp_p
                     spec->cpu_count);
         return NULL;
     } else if (spec->cpu_count > 0) {
-        cpus = first_cpus(spec->cpu_count, error);
+        cpus = ferry_lxc_first_cpus(spec->cpu_count, error);
         if (cpus == NULL)
             return NULL;
     }
     if (cpus != NULL &&
         !add_cgroup_limit(config, "cpuset", "lxc.cgroup.cpuset.cpus", "lxc.cgroup2.cpuset.cpus", cpus, error))
         return NULL;
+
+    for (gsize i = 0; i < spec->n_mounts; i++) {
+        const FerryContainerMount *mount = &spec->mounts[i];
+        struct stat st;
+        if (mount->source == NULL || mount->source[0] != '/' || mount->path == NULL || mount->path[0] != '/' ||
+            !check_value("mount source", mount->source, error) || !check_value("mount path", mount->path, error))
+            return NULL;
+        if (stat(mount->source, &st) < 0) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Disk device source \"%s\" doesn't exist",
+                        mount->source);
+            return NULL;
+        }
+        /* Spaces separate the fields of an fstab line: write them as \040. liblxc mounts beneath the rootfs
+         * without following the container's symlinks out of it. */
+        g_autofree char *source = escape_fstab(mount->source);
+        g_autofree char *target = escape_fstab(mount->path + 1);
+        g_autofree char *entry = g_strdup_printf("%s %s none bind,create=%s%s 0 0", source, target,
+                                                 S_ISDIR(st.st_mode) ? "dir" : "file", mount->readonly ? ",ro" : "");
+        add(config, "lxc.mount.entry", entry);
+    }
 
     for (const char *const *env = spec->environment; env != NULL && *env != NULL; env++) {
         const char *equals = strchr(*env, '=');

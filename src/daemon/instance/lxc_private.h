@@ -28,4 +28,7 @@ FerryLxcContainer *ferry_lxc_open(const char *lxcpath, const char *name, GError 
 /* Whether the container's monitor answers and reports a state other than STOPPED. */
 gboolean ferry_lxc_is_running(FerryLxcContainer *c);
 
+/* The first count CPUs this process may use, as a cpuset list ("0-1"). */
+char *ferry_lxc_first_cpus(gint64 count, GError **error);
+
 G_END_DECLS

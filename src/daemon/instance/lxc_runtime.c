@@ -291,6 +291,42 @@ gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryConta
     return TRUE;
 }
 
+/* Write one cgroup limit through liblxc, trying the v1 key and then the v2 one (whichever the host has). */
+static gboolean set_limit(FerryLxcContainer *c, const char *v1_key, const char *v2_key, const char *value,
+                          GError **error)
+{
+    if (c->set_cgroup_item(c, v1_key, value) || c->set_cgroup_item(c, v2_key, value))
+        return TRUE;
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Failed to set %s to %s on the running container", v1_key,
+                value);
+    return FALSE;
+}
+
+gboolean ferry_container_apply_limits(const char *lxcpath, const char *name, gint64 memory_limit_bytes,
+                                      const char *cpuset, gint64 cpu_count, GError **error)
+{
+    g_autoptr(FerryLxcContainer) c = ferry_lxc_open(lxcpath, name, error);
+    if (c == NULL)
+        return FALSE;
+    if (!ferry_lxc_is_running(c))
+        return TRUE;
+    /* No limit is written as the largest value each version accepts. */
+    g_autofree char *memory = memory_limit_bytes > 0 ? g_strdup_printf("%" G_GINT64_FORMAT, memory_limit_bytes)
+                                                     : g_strdup("-1");
+    if (!c->set_cgroup_item(c, "memory.limit_in_bytes", memory) &&
+        !c->set_cgroup_item(c, "memory.max", memory_limit_bytes > 0 ? memory : "max")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Failed to set the memory limit of running container "
+                    "\"%s\" to %s", name, memory);
+        return FALSE;
+    }
+    g_autofree char *cpus = NULL;
+    if (cpuset != NULL)
+        cpus = g_strdup(cpuset);
+    else
+        cpus = ferry_lxc_first_cpus(cpu_count > 0 ? cpu_count : (gint64)g_get_num_processors(), error);
+    return cpus != NULL && set_limit(c, "cpuset.cpus", "cpuset.cpus", cpus, error);
+}
+
 gboolean ferry_container_freeze(const char *lxcpath, const char *name, GError **error)
 {
     g_autoptr(FerryLxcContainer) c = ferry_lxc_open(lxcpath, name, error);

@@ -14,6 +14,13 @@
 
 G_BEGIN_DECLS
 
+/* A host path bind-mounted into the container (a "disk" device with a source). */
+typedef struct {
+    const char *source;  /* absolute host path; must exist */
+    const char *path;    /* absolute path inside the container */
+    gboolean readonly;
+} FerryContainerMount;
+
 typedef struct {
     const char *lxcpath;  /* $FERRY_DIR/containers; like the rootfs's, its directories must be searchable
                            * by idmap.host_base (o+x): liblxc checks that for unprivileged containers */
@@ -33,6 +40,8 @@ typedef struct {
     /* "KEY=VALUE", NULL-terminated, may be NULL: lxc.environment, which liblxc gives init and every exec'd
      * command (as Incus's environment.*) */
     const char *const *environment;
+    const FerryContainerMount *mounts; /* n_mounts bind mounts (disk devices with a source) */
+    gsize n_mounts;
 } FerryContainerSpec;
 
 /* Writes <lxcpath>/<lxc_name>/config (and the seccomp policy next to it), replacing any previous one;
@@ -83,6 +92,10 @@ gboolean ferry_container_usage(const char *lxcpath, const char *name, FerryConta
                                GError **error);
 
 /* Freezes (cgroup freezer) / thaws every process of a running container; both wait until done. */
+/* Change the limits of a running container in place (limits.memory, limits.cpu), as Incus applies them live. */
+gboolean ferry_container_apply_limits(const char *lxcpath, const char *name, gint64 memory_limit_bytes,
+                                      const char *cpuset, gint64 cpu_count, GError **error);
+
 gboolean ferry_container_freeze(const char *lxcpath, const char *name, GError **error);
 gboolean ferry_container_unfreeze(const char *lxcpath, const char *name, GError **error);
 

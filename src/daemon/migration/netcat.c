@@ -99,7 +99,9 @@ gboolean ferry_netcat_bridge(int in_fd, int out_fd, int sock_fd, GError **error)
     Direction up = {.from = in_fd, .to = sock_fd, .buf = up_buf};
     Direction down = {.from = sock_fd, .to = out_fd, .buf = down_buf};
 
-    while (!(up.done && down.done)) {
+    /* Like ssh, we are done when the far side is: rsync waits for its remote shell to exit before it closes
+     * the shell's stdin, so waiting for that EOF as well would deadlock. */
+    while (!down.done) {
         /* Only fds we wait on are polled, except out_fd which is watched while idle: POLLERR/POLLHUP there
          * is how we learn that rsync is gone when nothing is flowing to it. */
         struct pollfd p[4] = {
@@ -143,6 +145,19 @@ gboolean ferry_netcat_bridge(int in_fd, int out_fd, int sock_fd, GError **error)
             down.done = TRUE;
         }
     }
+
+    /* Pass on what rsync already wrote (a last error message, say), without waiting for more. */
+    while (!up.done) {
+        if (up.len > 0) {
+            struct pollfd p = {.fd = up.to, .events = POLLOUT};
+            if (flush(&up) < 0 || (up.len > 0 && poll(&p, 1, 1000) <= 0))
+                break;
+            continue;
+        }
+        if (up.eof || !fill(&up, NULL, "rsync") || up.len == 0)
+            break;
+    }
+    half_close(up.to);
     return TRUE;
 }
 

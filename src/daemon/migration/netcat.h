@@ -6,10 +6,10 @@
 
 G_BEGIN_DECLS
 
-/* Relay in_fd -> sock_fd and sock_fd -> out_fd until both directions have ended. The end of in_fd
- * half-closes sock_fd (shutdown SHUT_WR) once everything read is delivered; the end of sock_fd half-closes
- * out_fd. When out_fd's reader is gone (rsync exited) what still arrives for it is dropped, but in_fd is
- * drained first so rsync's last bytes reach the socket. in_fd and out_fd may be the same socket. */
+/* Relay in_fd -> sock_fd and sock_fd -> out_fd until the sock_fd direction has ended (delivered and out_fd
+ * half-closed) or out_fd's reader is gone (rsync exited); what in_fd already holds is then passed on and
+ * sock_fd half-closed. The end of in_fd half-closes sock_fd (shutdown SHUT_WR) once everything read is
+ * delivered. in_fd and out_fd may be the same socket. */
 gboolean ferry_netcat_bridge(int in_fd, int out_fd, int sock_fd, GError **error);
 
 G_END_DECLS

@@ -419,8 +419,36 @@ static char *stderr_summary(GString *tail)
     return g_string_free(g_steal_pointer(&out), FALSE);
 }
 
+/* rsync's documented exit values: when the failure happened on the peer, its words stay on the peer's
+ * stderr and only the status reaches us. */
+static const char *exit_meaning(int code)
+{
+    switch (code) {
+    case 1: return "syntax or usage error";
+    case 2: return "protocol incompatibility";
+    case 3: return "errors selecting input/output files, directories";
+    case 4: return "requested action not supported";
+    case 5: return "error starting client-server protocol";
+    case 10: return "error in socket I/O";
+    case 11: return "error in file I/O";
+    case 12: return "error in rsync protocol data stream";
+    case 13: return "errors with program diagnostics";
+    case 14: return "error in IPC code";
+    case 15: return "sibling process crashed";
+    case 16: return "sibling process was killed by a signal";
+    case 20: return "received SIGINT, SIGTERM, or SIGHUP";
+    case 22: return "error allocating core memory buffers";
+    case 23: return "partial transfer due to error";
+    case 24: return "partial transfer due to vanished source files";
+    case 30: return "timeout in data send/receive";
+    default: return NULL;
+    }
+}
+
 static char *describe_exit(gboolean exited, int code)
 {
+    if (exited && exit_meaning(code) != NULL)
+        return g_strdup_printf("rsync exited with status %d (%s)", code, exit_meaning(code));
     if (exited)
         return g_strdup_printf("rsync exited with status %d", code);
     return g_strdup_printf("rsync killed by signal %d", code);
@@ -542,7 +570,10 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     int code = info.si_status;
     if (stderr_open)
         stderr_open = read_stderr(stderr_fd, tail);
-    gboolean rsync_ok = exited && (code == 0 || (code == RSYNC_EXIT_VANISHED && options->allow_inconsistent));
+    /* Vanished files are the sender's call (it alone knows whether the copy may be inconsistent, and Incus
+     * does not tell the sink): the receiving rsync ends with 24 too, and that is not a failure there. */
+    gboolean rsync_ok =
+        exited && (code == 0 || (code == RSYNC_EXIT_VANISHED && (options->allow_inconsistent || !sending)));
 
     /* The pumps end at the peer's barrier; bound the wait for a peer that never sends it. */
     gint64 deadline = g_get_monotonic_time() + (rsync_ok ? GRACE_AFTER_SUCCESS : GRACE_AFTER_FAILURE);

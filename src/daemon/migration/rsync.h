@@ -39,7 +39,8 @@ typedef struct {
     /* Sender: rsync --bwlimit in KiB/s (at least 1). Receiver: the incoming stream is throttled by us
      * (rsync's own limit only paces what a process writes, and a receiver writes little). 0 = none. */
     guint64 bwlimit_bytes_per_sec;
-    /* Treat rsync exit 24 ("some files vanished") as success: copying a running instance. */
+    /* Sender: treat rsync exit 24 ("some files vanished") as success (copying a running instance).
+     * The receiver always accepts 24 (its rsync mirrors the sender's status; the sender decides). */
     gboolean allow_inconsistent;
     /* Sender only (Incus passes extra args only there): --exclude patterns. With delete they travel to the
      * receiver and protect matching destination files from deletion. */

@@ -1,5 +1,5 @@
-/* Websockets for migration channels: framing against hand-made frames, threads and back-pressure, sub-streams,
- * pumps, relay, dialing (TLS pin, refusals) and taking a connection over from libsoup. */
+/* Websockets for migration channels: framing against hand-made frames, threads and back-pressure,
+ * sub-streams, pumps, relay, dialing (TLS pin, refusals) and taking a connection over from libsoup. */
 #include "error.h"
 #include "tls_cert.h"
 #include "websocket.h"
@@ -23,8 +23,8 @@ static void tcp_pair(GSocketConnection **server_out, GSocketConnection **client_
     g_autoptr(GSocketListener) listener = g_socket_listener_new();
     g_autoptr(GSocketAddress) any = g_inet_socket_address_new_from_string("127.0.0.1", 0);
     g_autoptr(GSocketAddress) bound = NULL;
-    g_assert_true(g_socket_listener_add_address(listener, any, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL,
-                                                &bound, &error));
+    g_assert_true(g_socket_listener_add_address(listener, any, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
+                                                NULL, &bound, &error));
     g_autoptr(GSocketClient) client = g_socket_client_new();
     g_socket_client_set_enable_proxy(client, FALSE);
     *client_out = g_socket_client_connect(client, G_SOCKET_CONNECTABLE(bound), NULL, &error);
@@ -43,7 +43,8 @@ static Pair ws_pair(void)
     g_autoptr(GSocketConnection) server = NULL;
     g_autoptr(GSocketConnection) client = NULL;
     tcp_pair(&server, &client);
-    Pair pair = {ferry_websocket_new(G_IO_STREAM(server), FALSE), ferry_websocket_new(G_IO_STREAM(client), TRUE)};
+    Pair pair = {ferry_websocket_new(G_IO_STREAM(server), FALSE),
+                 ferry_websocket_new(G_IO_STREAM(client), TRUE)};
     return pair;
 }
 
@@ -244,7 +245,8 @@ static void test_roundtrip(void)
     tcp_pair(&server, &client);
     GSocket *socket = g_socket_connection_get_socket(server);
     g_assert_true(g_socket_set_option(socket, IPPROTO_TCP, TCP_NODELAY, 0, NULL));
-    Pair pair = {ferry_websocket_new(G_IO_STREAM(server), FALSE), ferry_websocket_new(G_IO_STREAM(client), TRUE)};
+    Pair pair = {ferry_websocket_new(G_IO_STREAM(server), FALSE),
+                 ferry_websocket_new(G_IO_STREAM(client), TRUE)};
     int nodelay = 0;
     g_assert_true(g_socket_get_option(socket, IPPROTO_TCP, TCP_NODELAY, &nodelay, NULL));
     g_assert_cmpint(nodelay, !=, 0);
@@ -501,7 +503,10 @@ static void test_close(void)
     /* A close frame by hand: answered with the same code, receive ends with G_IO_ERROR_CLOSED. */
     RawPeer peer = raw_peer(FALSE);
     g_autoptr(GByteArray) bytes = g_byte_array_new();
-    frame(bytes, TRUE, 0x8, "\x03\xe8" "bye", 5, TRUE);
+    frame(bytes, TRUE, 0x8,
+          "\x03\xe8"
+          "bye",
+          5, TRUE);
     raw_write(&peer, bytes);
     g_autoptr(GError) error = NULL;
     g_assert_null(ferry_websocket_receive(peer.ws, NULL, NULL, &error));
@@ -633,7 +638,8 @@ static void test_streams(void)
 
     g_assert_true(ferry_websocket_write_stream(pair.client, "abc", 3, &error));
     g_assert_true(ferry_websocket_write_stream(pair.client, "", 0, &error));
-    g_assert_true(ferry_websocket_send(pair.client, FERRY_WS_BINARY, "", 0, &error)); /* empty message: nothing */
+    g_assert_true(
+        ferry_websocket_send(pair.client, FERRY_WS_BINARY, "", 0, &error)); /* empty message: nothing */
     g_assert_true(ferry_websocket_write_stream(pair.client, "defgh", 5, &error));
     g_assert_true(ferry_websocket_send_barrier(pair.client, &error));
     g_assert_true(ferry_websocket_write_stream(pair.client, big, sizeof big, &error));
@@ -643,7 +649,8 @@ static void test_streams(void)
     g_assert_true(ferry_websocket_write_stream(pair.client, big, 5000, &error));
     g_assert_true(ferry_websocket_send_barrier(pair.client, &error));
     g_assert_true(ferry_websocket_write_stream(pair.client, big, 10, &error));
-    g_assert_true(ferry_websocket_send(pair.client, FERRY_WS_TEXT, "ignored", 7, &error)); /* text ends it too */
+    g_assert_true(
+        ferry_websocket_send(pair.client, FERRY_WS_TEXT, "ignored", 7, &error)); /* text ends it too */
     g_assert_true(ferry_websocket_send(pair.client, FERRY_WS_BINARY, "msg", 3, &error));
     g_assert_no_error(error);
 
@@ -730,7 +737,8 @@ static gpointer pump_from_thread(gpointer data)
 {
     PumpJob *job = data;
     g_autoptr(GError) error = NULL;
-    job->ok = ferry_websocket_pump_from_fd(job->ws, job->fd, TRUE, on_progress, job, &job->bytes, NULL, &error);
+    job->ok =
+        ferry_websocket_pump_from_fd(job->ws, job->fd, TRUE, on_progress, job, &job->bytes, NULL, &error);
     g_assert_no_error(error);
     return NULL;
 }
@@ -888,8 +896,9 @@ static gpointer server_thread(gpointer data)
     }
     server->request = g_string_free(request, FALSE);
 
-    const char *json = "{\"type\":\"error\",\"status\":\"\",\"status_code\":0,\"operation\":\"\",\"error_code\":403,"
-                       "\"error\":\"Websocket secret is not valid\",\"metadata\":null}";
+    const char *json =
+        "{\"type\":\"error\",\"status\":\"\",\"status_code\":0,\"operation\":\"\",\"error_code\":403,"
+        "\"error\":\"Websocket secret is not valid\",\"metadata\":null}";
     g_autofree char *answer = NULL;
     if (server->answer == ANSWER_FORBIDDEN) {
         answer = g_strdup_printf("HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
@@ -911,10 +920,11 @@ static gpointer server_thread(gpointer data)
         g_checksum_get_digest(sha1, digest, &digest_len);
         g_autofree char *accept = g_base64_encode(digest, digest_len);
         /* A frame right behind the 101, in the same write. */
-        answer = g_strdup_printf("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                                 "Sec-WebSocket-Accept: %s\r\n\r\n\x81\x05"
-                                 "early",
-                                 accept);
+        answer = g_strdup_printf(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: %s\r\n\r\n\x81\x05"
+            "early",
+            accept);
     }
     g_assert_true(g_output_stream_write_all(out, answer, strlen(answer), NULL, NULL, &error));
     if (server->answer == ANSWER_UPGRADE)
@@ -937,8 +947,8 @@ static void server_start(Server *server, const char *cert_pem, const char *key_p
     server->listener = g_socket_listener_new();
     g_autoptr(GSocketAddress) any = g_inet_socket_address_new_from_string("127.0.0.1", 0);
     g_autoptr(GSocketAddress) bound = NULL;
-    g_assert_true(g_socket_listener_add_address(server->listener, any, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                                                NULL, &bound, &error));
+    g_assert_true(g_socket_listener_add_address(server->listener, any, G_SOCKET_TYPE_STREAM,
+                                                G_SOCKET_PROTOCOL_TCP, NULL, &bound, &error));
     server->port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
     server->thread = g_thread_new("server", server_thread, server);
 }
@@ -964,7 +974,8 @@ static void dial_and_talk(const char *scheme, const char *cert_pem, const char *
     g_assert_no_error(error);
     g_assert_nonnull(ws);
     g_thread_join(g_steal_pointer(&server.thread));
-    g_assert_true(g_str_has_prefix(server.request, "GET /1.0/operations/abc/websocket?secret=s%20x HTTP/1.1\r\n"));
+    g_assert_true(
+        g_str_has_prefix(server.request, "GET /1.0/operations/abc/websocket?secret=s%20x HTTP/1.1\r\n"));
     g_assert_nonnull(strstr(server.request, "\r\nUpgrade: websocket\r\n"));
     g_assert_nonnull(strstr(server.request, "\r\nSec-WebSocket-Version: 13\r\n"));
     g_autofree char *host = g_strdup_printf("\r\nHost: 127.0.0.1:%u\r\n", server.port);
@@ -1115,10 +1126,11 @@ static void test_fuzz(void)
             for (gsize i = 0; i < len; i++)
                 payload[i] = (guint8)g_rand_int(rand);
             guint8 opcodes[] = {0x0, 0x1, 0x2, 0x8, 0x9, 0xa, (guint8)g_rand_int_range(rand, 0, 16)};
-            frame(bytes, g_rand_boolean(rand), opcodes[g_rand_int_range(rand, 0, G_N_ELEMENTS(opcodes))], payload,
-                  len, g_rand_int_range(rand, 0, 8) != 0 ? !is_client : is_client);
+            frame(bytes, g_rand_boolean(rand), opcodes[g_rand_int_range(rand, 0, G_N_ELEMENTS(opcodes))],
+                  payload, len, g_rand_int_range(rand, 0, 8) != 0 ? !is_client : is_client);
             if (g_rand_int_range(rand, 0, 10) == 0)
-                bytes->data[bytes->len - 1 - (guint)g_rand_int_range(rand, 0, (gint)MIN(bytes->len, 20))] ^= 0xff;
+                bytes->data[bytes->len - 1 - (guint)g_rand_int_range(rand, 0, (gint)MIN(bytes->len, 20))] ^=
+                    0xff;
         }
         int noise = g_rand_int_range(rand, 0, frames == 0 ? 2000 : 40);
         for (int i = 0; i < noise; i++) {
@@ -1222,10 +1234,11 @@ static void test_soup_steal(void)
     g_autoptr(GSocketConnection) raw = g_socket_client_connect_to_host(client, host, 0, NULL, &error);
     g_assert_no_error(error);
     g_autoptr(GByteArray) bytes = g_byte_array_new();
-    g_autofree char *request = g_strdup_printf("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
-                                               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                                               "Sec-WebSocket-Version: 13\r\n\r\n",
-                                               host);
+    g_autofree char *request =
+        g_strdup_printf("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n",
+                        host);
     g_byte_array_append(bytes, (const guint8 *)request, (guint)strlen(request));
     frame(bytes, TRUE, 0x2, "early bytes", 11, TRUE);
     g_assert_true(g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(raw)), bytes->data,
