@@ -159,6 +159,11 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     ferry_offer_set_rsync_features(response, options.xattrs, options.delete, options.compress, FALSE);
     response->has_indexheaderversion = TRUE;
     response->indexheaderversion = offer->has_indexheaderversion ? MIN(offer->indexheaderversion, 1) : 0;
+    /* Both ends are ferry: rsync also keeps hard links (-H), which Incus's fixed receiver arguments can't. */
+    if (offer->ferry != NULL && offer->ferry->has_version && offer->ferry->version >= 1) {
+        ferry_offer_set_ferry(response, 0);
+        options.hard_links = TRUE;
+    }
     response->has_refresh = TRUE;
     response->refresh = FALSE;
     response->has_predump = TRUE;

@@ -187,6 +187,7 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
     options.compress = compress && agreed != NULL && agreed->compress;
     options.allow_inconsistent = task->allow_inconsistent;
     options.helper_binary = daemon->helper_binary;
+    options.hard_links = response->ferry != NULL && response->ferry->has_version && response->ferry->version >= 1;
 
     /* Everything from here on is watched: a failure report from the target stops us. */
     *monitor_out = ferry_control_monitor_start(task->link, "target");
@@ -241,6 +242,8 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
         if (!send_volume_pass(daemon, task, main_path, running, &options, &progress, cancellable, error))
             return FALSE;
     }
+    /* rsync sends less than the disk holds (compression, shared snapshot data): the end is 100%. */
+    ferry_operation_report_progress(op, "fs_progress", "done", progress.done_bytes, progress.done_bytes);
     return TRUE;
 }
 
