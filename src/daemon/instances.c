@@ -739,11 +739,18 @@ gboolean ferry_instance_start(FerryDaemon *daemon, const char *project, const ch
                              NULL, &expanded_config, NULL, error))
         return FALSE;
     gboolean privileged = ferry_config_bool(expanded_config, "security.privileged");
+    /* The volume directory must let the container's root (an unprivileged uid) through to the rootfs; data
+     * received from Incus keeps Incus's 0100. */
+    g_autofree char *lxc_name = ferry_instance_volume_name(project, name);
+    g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, lxc_name);
+    if (g_chmod(volume_path, 0711) < 0) {
+        ferry_set_error_errno(error, errno, "Failed to set the mode of %s", volume_path);
+        return FALSE;
+    }
     if (!reconcile_idmap(daemon, project, name, doc, pool, privileged, error) ||
         !write_lxc_config(daemon, project, name, doc, pool, expanded_config, error))
         return FALSE;
     g_autofree char *lxcpath = lxc_path(daemon);
-    g_autofree char *lxc_name = ferry_instance_volume_name(project, name);
     if (!ferry_container_start(lxcpath, lxc_name, daemon->helper_binary, error)) {
         release_disk_devices(daemon, lxc_name);
         g_prefix_error(error, "Failed to start instance \"%s\": ", name);

@@ -12,6 +12,7 @@ struct _FerryControlMonitor {
     gboolean done;
     gboolean success;
     gboolean closed_cleanly;
+    gboolean peer_reported; /* the peer said it failed, as opposed to the connection dropping */
     char *failure; /* the peer's message, or our description of what went wrong */
 };
 
@@ -22,7 +23,7 @@ static gpointer monitor_thread(gpointer data)
     FerryWsType type = FERRY_WS_BINARY;
     g_autoptr(GError) error = NULL;
     g_autoptr(GBytes) message = control != NULL ? ferry_websocket_receive(control, &type, NULL, &error) : NULL;
-    gboolean success = FALSE, closed_cleanly = FALSE;
+    gboolean success = FALSE, closed_cleanly = FALSE, peer_reported = FALSE;
     g_autofree char *failure = NULL;
     if (message == NULL) {
         closed_cleanly = control != NULL && error != NULL && g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CLOSED) &&
@@ -39,6 +40,7 @@ static gpointer monitor_thread(gpointer data)
             failure = g_strdup_printf("Invalid migration control message from %s", monitor->peer);
         } else {
             success = msg->success;
+            peer_reported = !success;
             if (!success)
                 failure = g_strdup_printf("Error from migration control %s: %s", monitor->peer,
                                           msg->message != NULL && *msg->message ? msg->message : "failed");
@@ -52,6 +54,7 @@ static gpointer monitor_thread(gpointer data)
     monitor->done = TRUE;
     monitor->success = success;
     monitor->closed_cleanly = closed_cleanly;
+    monitor->peer_reported = peer_reported;
     monitor->failure = g_steal_pointer(&failure);
     g_cond_broadcast(&monitor->done_cond);
     g_mutex_unlock(&monitor->lock);
@@ -102,6 +105,14 @@ const char *ferry_control_monitor_peer_failure(FerryControlMonitor *monitor)
     const char *failure = monitor->done && !monitor->success && !monitor->closed_cleanly ? monitor->failure : NULL;
     g_mutex_unlock(&monitor->lock);
     return failure;
+}
+
+gboolean ferry_control_monitor_peer_reported(FerryControlMonitor *monitor)
+{
+    g_mutex_lock(&monitor->lock);
+    gboolean reported = monitor->done && monitor->peer_reported;
+    g_mutex_unlock(&monitor->lock);
+    return reported;
 }
 
 void ferry_control_monitor_free(FerryControlMonitor *monitor)

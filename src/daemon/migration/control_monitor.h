@@ -18,6 +18,8 @@ gboolean ferry_control_monitor_finish(FerryControlMonitor *monitor, gboolean acc
                                       GError **error);
 /* Has the peer reported a failure already? Its message, or NULL (borrowed, valid until finish). */
 const char *ferry_control_monitor_peer_failure(FerryControlMonitor *monitor);
+/* Did the peer send a failure message (rather than the connection just dropping)? */
+gboolean ferry_control_monitor_peer_reported(FerryControlMonitor *monitor);
 void ferry_control_monitor_free(FerryControlMonitor *monitor);
 
 G_END_DECLS

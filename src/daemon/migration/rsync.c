@@ -80,10 +80,12 @@ static gpointer probe_rsync(gpointer unused)
     /* "rsync  version 3.2.7  protocol version 31" */
     const char *v = strstr(out, "version ");
     if (v != NULL)
-        sscanf(v + strlen("version "), "%u.%u.%u", &probe->version[0], &probe->version[1], &probe->version[2]);
+        sscanf(v + strlen("version "), "%u.%u.%u", &probe->version[0], &probe->version[1],
+               &probe->version[2]);
     probe->xattrs = capability_listed(out, "Capabilities:", "xattrs");
     /* rsync before 3.2 has no "Compress list" and always has zlib; -z without negotiation is zlib. */
-    probe->compress = strstr(out, "Compress list:") == NULL || capability_listed(out, "Compress list:", "zlib");
+    probe->compress =
+        strstr(out, "Compress list:") == NULL || capability_listed(out, "Compress list:", "zlib");
     return probe;
 }
 
@@ -160,7 +162,7 @@ GPtrArray *ferry_rsync_receiver_args(const FerryRsyncOptions *options)
     /* The server's option string is what the sender's client would have generated for Incus's sender
      * options; "e.iLsfx" are the protocol capabilities it claims for the client (no checksum/compression
      * negotiation, so md5 and zlib), and the client follows what the server announces. */
-    const char *fixed[] = {"--server",  "-vlogDtpre.iLsfx", "--numeric-ids", "--devices",
+    const char *fixed[] = {"--server",  "-vlogDtpre.iLsfx", "--numeric-ids",     "--devices",
                            "--partial", "--sparse",         "--modify-window=-1"};
     for (gsize i = 0; i < G_N_ELEMENTS(fixed); i++)
         g_ptr_array_add(args, g_strdup(fixed[i]));
@@ -423,26 +425,32 @@ static char *stderr_summary(GString *tail)
  * stderr and only the status reaches us. */
 static const char *exit_meaning(int code)
 {
-    switch (code) {
-    case 1: return "syntax or usage error";
-    case 2: return "protocol incompatibility";
-    case 3: return "errors selecting input/output files, directories";
-    case 4: return "requested action not supported";
-    case 5: return "error starting client-server protocol";
-    case 10: return "error in socket I/O";
-    case 11: return "error in file I/O";
-    case 12: return "error in rsync protocol data stream";
-    case 13: return "errors with program diagnostics";
-    case 14: return "error in IPC code";
-    case 15: return "sibling process crashed";
-    case 16: return "sibling process was killed by a signal";
-    case 20: return "received SIGINT, SIGTERM, or SIGHUP";
-    case 22: return "error allocating core memory buffers";
-    case 23: return "partial transfer due to error";
-    case 24: return "partial transfer due to vanished source files";
-    case 30: return "timeout in data send/receive";
-    default: return NULL;
-    }
+    static const struct {
+        int code;
+        const char *text;
+    } meanings[] = {
+        {1, "syntax or usage error"},
+        {2, "protocol incompatibility"},
+        {3, "errors selecting input/output files, directories"},
+        {4, "requested action not supported"},
+        {5, "error starting client-server protocol"},
+        {10, "error in socket I/O"},
+        {11, "error in file I/O"},
+        {12, "error in rsync protocol data stream"},
+        {13, "errors with program diagnostics"},
+        {14, "error in IPC code"},
+        {15, "sibling process crashed"},
+        {16, "sibling process was killed by a signal"},
+        {20, "received SIGINT, SIGTERM, or SIGHUP"},
+        {22, "error allocating core memory buffers"},
+        {23, "partial transfer due to error"},
+        {24, "partial transfer due to vanished source files"},
+        {30, "timeout in data send/receive"},
+    };
+    for (gsize i = 0; i < G_N_ELEMENTS(meanings); i++)
+        if (meanings[i].code == code)
+            return meanings[i].text;
+    return NULL;
 }
 
 static char *describe_exit(gboolean exited, int code)
@@ -465,8 +473,8 @@ static char **child_environment(void)
     /* Nothing else: RSYNC_* variables (RSYNC_PROTECT_ARGS, RSYNC_PARTIAL_DIR, checksum lists...) would
      * change the protocol or the on-disk result behind our back. */
     char **envp = g_new0(char *, 3);
-    envp[0] = g_strconcat("PATH=", path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                          NULL);
+    envp[0] = g_strconcat(
+        "PATH=", path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL);
     envp[1] = g_strdup("LC_ALL=C");
     return envp;
 }
@@ -504,8 +512,8 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     } else {
         spawned = g_spawn_async_with_pipes_and_fds(NULL, (const char *const *)argv->pdata,
                                                    (const char *const *)envp, G_SPAWN_DO_NOT_REAP_CHILD,
-                                                   child_setup, NULL, pair[1], pair[1], -1, NULL, NULL, 0, &pid,
-                                                   NULL, NULL, &stderr_fd, &spawn_error);
+                                                   child_setup, NULL, pair[1], pair[1], -1, NULL, NULL, 0,
+                                                   &pid, NULL, NULL, &stderr_fd, &spawn_error);
     }
     close(pair[1]);
     if (!spawned) {
@@ -544,7 +552,8 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     set_nonblocking(b.sock);
     set_nonblocking(stderr_fd);
 
-    gulong handler = cancellable ? g_cancellable_connect(cancellable, G_CALLBACK(on_user_cancel), &b, NULL) : 0;
+    gulong handler =
+        cancellable ? g_cancellable_connect(cancellable, G_CALLBACK(on_user_cancel), &b, NULL) : 0;
     GThread *out = g_thread_new("rsync-out", pump_out, &b);
     GThread *in = g_thread_new("rsync-in", pump_in, &b);
 
@@ -553,7 +562,8 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     g_autoptr(GString) tail = g_string_new(NULL);
     gboolean stderr_open = TRUE;
     for (;;) {
-        struct pollfd p[2] = {{.fd = pidfd, .events = POLLIN}, {.fd = stderr_open ? stderr_fd : -1, .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = pidfd, .events = POLLIN},
+                              {.fd = stderr_open ? stderr_fd : -1, .events = POLLIN}};
         if (poll(p, 2, -1) < 0 && errno != EINTR)
             break; /* cannot happen with valid fds; fall through to the blocking reap */
         if (p[1].revents)
@@ -699,13 +709,14 @@ gboolean ferry_rsync_send(const char *source_dir, FerryByteChannel *channel, con
     g_ptr_array_add(argv, g_steal_pointer(&rsh));
     /* Trailing slash: the directory's contents. The remote path is ignored: the receiving side runs its own
      * `rsync --server` with its own destination; "localhost:" only makes rsync use the remote shell. */
-    g_ptr_array_add(argv, g_str_has_suffix(source_dir, "/") ? g_strdup(source_dir) : g_strconcat(source_dir, "/", NULL));
+    g_ptr_array_add(argv, g_str_has_suffix(source_dir, "/") ? g_strdup(source_dir)
+                                                            : g_strconcat(source_dir, "/", NULL));
     g_ptr_array_add(argv, g_strdup("localhost:/tmp/ferry-rsync"));
     return bridge_run("Rsync send", argv, TRUE, channel, options, c, error);
 }
 
-gboolean ferry_rsync_receive(const char *dest_dir, FerryByteChannel *channel, const FerryRsyncOptions *options,
-                             GCancellable *c, GError **error)
+gboolean ferry_rsync_receive(const char *dest_dir, FerryByteChannel *channel,
+                             const FerryRsyncOptions *options, GCancellable *c, GError **error)
 {
     if (!check_common(dest_dir, channel, options, c, error))
         return FALSE;

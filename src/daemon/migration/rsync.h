@@ -25,7 +25,8 @@ typedef void (*FerryBytesFunc)(guint64 bytes, gpointer user_data);
  * from any thread at any time and must make pending and later read/write/end fail promptly. */
 typedef struct {
     /* read up to size bytes of the peer's current sub-stream; 0 = the peer's barrier (EOF); -1 + error.
-     * Cancelling c must make a blocked read return -1. */
+     * Cancelling c must make a blocked read return -1 (it may abort the channel: we only cancel it when
+     * aborting anyway). */
     gssize (*read)(gpointer channel, void *buffer, gsize size, GCancellable *c, GError **error);
     gboolean (*write)(gpointer channel, const void *data, gsize length, GError **error);
     gboolean (*end)(gpointer channel, GError **error); /* our barrier */
@@ -67,8 +68,8 @@ gboolean ferry_rsync_send(const char *source_dir, FerryByteChannel *channel, con
 
 /* Receive one rsync run into dest_dir (an existing absolute directory): `rsync --server ... . <dest_dir>`
  * with stdin/stdout bridged to the channel; same barrier, error and cancellation rules. */
-gboolean ferry_rsync_receive(const char *dest_dir, FerryByteChannel *channel, const FerryRsyncOptions *options,
-                             GCancellable *c, GError **error);
+gboolean ferry_rsync_receive(const char *dest_dir, FerryByteChannel *channel,
+                             const FerryRsyncOptions *options, GCancellable *c, GError **error);
 
 /* What this host's rsync supports, for the offer: xattrs/delete/compress = TRUE when available (all FALSE
  * when rsync is missing). Runs `rsync --version` once per process. */

@@ -281,7 +281,7 @@ static gboolean run_sink(FerryOperation *op, gpointer data, GError **error)
         ok = control != NULL && ferry_migration_send_control(control, TRUE, NULL, &local_error);
         g_autoptr(GError) close_error = NULL;
         if (ok && !ferry_control_monitor_finish(monitor, TRUE, SOURCE_CLOSE_TIMEOUT, &close_error)) {
-            if (ferry_control_monitor_peer_failure(monitor) != NULL) {
+            if (ferry_control_monitor_peer_reported(monitor)) {
                 ok = FALSE;
                 local_error = g_steal_pointer(&close_error);
             } else {

@@ -30,7 +30,8 @@ static gboolean wait_readable(TestChannel *ch, GCancellable *c, GError **error)
 {
     GPollFD cancel_fd = {.fd = -1};
     gboolean have_cancel = c != NULL && g_cancellable_make_pollfd(c, &cancel_fd);
-    struct pollfd p[2] = {{.fd = ch->fd, .events = POLLIN}, {.fd = have_cancel ? cancel_fd.fd : -1, .events = POLLIN}};
+    struct pollfd p[2] = {{.fd = ch->fd, .events = POLLIN},
+                          {.fd = have_cancel ? cancel_fd.fd : -1, .events = POLLIN}};
     while (poll(p, 2, -1) < 0 && errno == EINTR)
         ;
     if (have_cancel)
@@ -112,7 +113,8 @@ static gssize ch_read(gpointer channel, void *buffer, gsize size, GCancellable *
         if (header[0] == FRAME_BARRIER)
             return 0;
         g_assert_cmpint(header[0], ==, FRAME_DATA);
-        ch->remaining = ((gsize)header[1] << 24) | ((gsize)header[2] << 16) | ((gsize)header[3] << 8) | header[4];
+        ch->remaining =
+            ((gsize)header[1] << 24) | ((gsize)header[2] << 16) | ((gsize)header[3] << 8) | header[4];
     }
     gssize n = recv_some(ch, buffer, MIN(size, ch->remaining), c, error);
     if (n > 0) {
@@ -170,7 +172,8 @@ void test_channel_free(TestChannel *ch)
 
 FerryByteChannel test_channel_iface(TestChannel *ch)
 {
-    return (FerryByteChannel){.read = ch_read, .write = ch_write, .end = ch_end, .abort = ch_abort, .channel = ch};
+    return (FerryByteChannel){
+        .read = ch_read, .write = ch_write, .end = ch_end, .abort = ch_abort, .channel = ch};
 }
 
 guint64 test_channel_bytes_written(TestChannel *ch)

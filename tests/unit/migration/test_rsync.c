@@ -67,7 +67,8 @@ static void fixture_teardown(Fixture *f, gconstpointer unused)
     test_channel_free(f->a);
     test_channel_free(f->b);
     const char *argv[] = {"rm", "-rf", f->root, NULL};
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL, NULL));
+    g_assert_true(
+        g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL, NULL));
     g_free(f->root);
     g_free(f->src);
     g_free(f->dst);
@@ -159,9 +160,11 @@ static gpointer side_thread(gpointer data)
 {
     Side *side = data;
     if (side->sending)
-        side->ok = ferry_rsync_send(side->dir, &side->channel, &side->options, side->cancellable, &side->error);
+        side->ok =
+            ferry_rsync_send(side->dir, &side->channel, &side->options, side->cancellable, &side->error);
     else
-        side->ok = ferry_rsync_receive(side->dir, &side->channel, &side->options, side->cancellable, &side->error);
+        side->ok =
+            ferry_rsync_receive(side->dir, &side->channel, &side->options, side->cancellable, &side->error);
     side->finished_at = g_get_monotonic_time();
     return NULL;
 }
@@ -175,7 +178,8 @@ static void side_clear(Side *side)
 static void transfer(Fixture *f, const char *src, const char *dst, const FerryRsyncOptions *send_options,
                      const FerryRsyncOptions *recv_options, Side *sender, Side *receiver)
 {
-    *sender = (Side){.sending = TRUE, .dir = src, .channel = test_channel_iface(f->a), .options = *send_options};
+    *sender =
+        (Side){.sending = TRUE, .dir = src, .channel = test_channel_iface(f->a), .options = *send_options};
     *receiver = (Side){.dir = dst, .channel = test_channel_iface(f->b), .options = *recv_options};
     alarm(WATCHDOG_SECONDS);
     GThread *s = g_thread_new("sender", side_thread, sender);
@@ -281,7 +285,8 @@ static void build_tree(const char *src)
     g_assert_cmpint(pwrite(fd, "tail", 4, 20 * MIB - 4), ==, 4);
     close(fd);
 
-    const char *links[][2] = {{"link_rel", "file1"}, {"link_etc", "/etc"}, {"dir/link_dangling", "../nowhere"}};
+    const char *links[][2] = {
+        {"link_rel", "file1"}, {"link_etc", "/etc"}, {"dir/link_dangling", "../nowhere"}};
     for (gsize i = 0; i < G_N_ELEMENTS(links); i++) {
         g_autofree char *path = path_in(src, links[i][0]);
         g_assert_no_errno(symlink(links[i][1], path));
@@ -302,9 +307,25 @@ static void build_tree(const char *src)
     g_assert_no_errno(mknod(blockdev, S_IFBLK | 0600, makedev(7, 200)));
 
     /* Leaves before their directories: writing into a directory changes its mtime. */
-    const char *order[] = {"file1", "root_owned", "suid", "dir/sub/deep", "big", "empty_file",
-                           "spaced name \xc3\xa9", "sparse", "link_rel", "link_etc", "dir/link_dangling",
-                           "hard_a", "fifo", "chardev", "blockdev", "dir/sub", "empty", "dir", ""};
+    const char *order[] = {"file1",
+                           "root_owned",
+                           "suid",
+                           "dir/sub/deep",
+                           "big",
+                           "empty_file",
+                           "spaced name \xc3\xa9",
+                           "sparse",
+                           "link_rel",
+                           "link_etc",
+                           "dir/link_dangling",
+                           "hard_a",
+                           "fifo",
+                           "chardev",
+                           "blockdev",
+                           "dir/sub",
+                           "empty",
+                           "dir",
+                           ""};
     for (gsize i = 0; i < G_N_ELEMENTS(order); i++)
         set_mtime(src, order[i], 1600000000 + (time_t)i * 1000, 123456789 + (long)i);
 }
@@ -454,22 +475,27 @@ static void test_args(void)
                                     "--sparse", "--modify-window=-1", NULL});
 
     const char *excludes[] = {"root.img", NULL};
-    FerryRsyncOptions full = {.xattrs = TRUE, .delete = TRUE, .compress = TRUE, .bwlimit_bytes_per_sec = 1 * MIB,
+    FerryRsyncOptions full = {.xattrs = TRUE,
+                              .delete = TRUE,
+                              .compress = TRUE,
+                              .bwlimit_bytes_per_sec = 1 * MIB,
                               .excludes = excludes};
     g_autoptr(GPtrArray) s2 = ferry_rsync_sender_args(&full);
     g_autoptr(GPtrArray) r2 = ferry_rsync_receiver_args(&full);
-    assert_args(s2, (const char *[]){"-ar", "--devices", "--numeric-ids", "--partial", "--sparse", "--bwlimit",
-                                     "1024", "--xattrs", "--filter=-x security.selinux", "--delete", "--compress",
-                                     "--compress-level=2", "--exclude=root.img", NULL});
-    assert_args(r2, (const char *[]){"--server", "-vlogDtpre.iLsfx", "--numeric-ids", "--devices", "--partial",
-                                     "--sparse", "--modify-window=-1", "--xattrs", "--filter=-x security.selinux",
-                                     "--delete", "--compress", "--compress-level=2", NULL});
+    assert_args(s2,
+                (const char *[]){"-ar", "--devices", "--numeric-ids", "--partial", "--sparse", "--bwlimit",
+                                 "1024", "--xattrs", "--filter=-x security.selinux", "--delete", "--compress",
+                                 "--compress-level=2", "--exclude=root.img", NULL});
+    assert_args(r2,
+                (const char *[]){"--server", "-vlogDtpre.iLsfx", "--numeric-ids", "--devices", "--partial",
+                                 "--sparse", "--modify-window=-1", "--xattrs", "--filter=-x security.selinux",
+                                 "--delete", "--compress", "--compress-level=2", NULL});
 
     /* Never --bwlimit 0 (unlimited, or rejected by newer rsync) for a small positive limit. */
     FerryRsyncOptions slow = {.bwlimit_bytes_per_sec = 100};
     g_autoptr(GPtrArray) s3 = ferry_rsync_sender_args(&slow);
-    assert_args(s3, (const char *[]){"-ar", "--devices", "--numeric-ids", "--partial", "--sparse", "--bwlimit",
-                                     "1", NULL});
+    assert_args(s3, (const char *[]){"-ar", "--devices", "--numeric-ids", "--partial", "--sparse",
+                                     "--bwlimit", "1", NULL});
 }
 
 static void test_features(void)
@@ -624,9 +650,11 @@ static void test_receiver_fails(Fixture *f, gconstpointer unused)
     g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_INTERNAL);
     /* The receiver's words stay on its stderr (the lead reports them over `control`); the sender gets the
      * status through the protocol. */
-    g_assert_cmpstr(sender.error->message, ==,
-                    "Rsync send failed: rsync exited with status 3 (errors selecting input/output files, directories)");
-    g_assert_true(g_str_has_prefix(receiver.error->message, "Rsync receive failed: rsync exited with status 3 "));
+    g_assert_cmpstr(
+        sender.error->message, ==,
+        "Rsync send failed: rsync exited with status 3 (errors selecting input/output files, directories)");
+    g_assert_true(
+        g_str_has_prefix(receiver.error->message, "Rsync receive failed: rsync exited with status 3 "));
     g_assert_nonnull(strstr(receiver.error->message, "Not a directory"));
     side_clear(&sender);
     side_clear(&receiver);
@@ -662,8 +690,8 @@ static void test_receiver_killed(Fixture *f, gconstpointer unused)
         return;
     write_random(f->src, "large", 32 * MIB);
     Trigger trigger = {.threshold = 2 * MIB, .action = kill_receiver};
-    FerryRsyncOptions send_options = {.bwlimit_bytes_per_sec = 16 * MIB, .progress = trigger_progress,
-                                      .progress_data = &trigger};
+    FerryRsyncOptions send_options = {
+        .bwlimit_bytes_per_sec = 16 * MIB, .progress = trigger_progress, .progress_data = &trigger};
     FerryRsyncOptions recv_options = {0};
     Side sender, receiver;
     gint64 start = g_get_monotonic_time();
@@ -675,7 +703,8 @@ static void test_receiver_killed(Fixture *f, gconstpointer unused)
     g_test_message("sender: %s", sender.error->message);
     g_test_message("receiver: %s", receiver.error->message);
     g_assert_true(g_str_has_prefix(sender.error->message, "Rsync send failed: rsync exited with status "));
-    g_assert_true(g_str_has_prefix(receiver.error->message, "Rsync receive failed: rsync killed by signal 9"));
+    g_assert_true(
+        g_str_has_prefix(receiver.error->message, "Rsync receive failed: rsync killed by signal 9"));
     side_clear(&sender);
     side_clear(&receiver);
 }
@@ -705,7 +734,8 @@ static void run_cancel(Fixture *f, gboolean cancel_sender)
     cancelled->progress = trigger_progress;
     cancelled->progress_data = &trigger;
 
-    Side sender = {.sending = TRUE, .dir = f->src, .channel = test_channel_iface(f->a), .options = send_options};
+    Side sender = {
+        .sending = TRUE, .dir = f->src, .channel = test_channel_iface(f->a), .options = send_options};
     Side receiver = {.dir = f->dst, .channel = test_channel_iface(f->b), .options = recv_options};
     (cancel_sender ? &sender : &receiver)->cancellable = cancellable;
     alarm(WATCHDOG_SECONDS);
@@ -778,7 +808,8 @@ static void run_vanished(Fixture *f, gboolean allow)
     } else {
         g_assert_nonnull(sender.error);
         g_test_message("sender: %s", sender.error->message);
-        g_assert_true(g_str_has_prefix(sender.error->message, "Rsync send failed: rsync exited with status 24"));
+        g_assert_true(
+            g_str_has_prefix(sender.error->message, "Rsync send failed: rsync exited with status 24"));
         g_assert_nonnull(strstr(sender.error->message, "vanished"));
         /* The receiving rsync ends with 24 as well; that is the sender's call, never a receive failure. */
         g_assert_no_error(receiver.error);
