@@ -173,6 +173,8 @@ class Server:
         return message
 
     # --- CLI -------------------------------------------------------------------------------------
+    ferry_path = FERRY
+
     def env(self):
         env = dict(os.environ)
         env["FERRY_DIR"] = self.dir

@@ -353,8 +353,11 @@ static json_t *validate_new_instance(FerryDaemon *daemon, const char *project, j
     if (pool == NULL)
         return NULL;
     *pool_out = pool;
+    const char *architecture = ferry_json_get_string(request, "architecture");
+    if (architecture == NULL || *architecture == '\0')
+        architecture = "x86_64";
     return json_pack("{s:s, s:s, s:O, s:O, s:O, s:b, s:s, s:s}", "type", "container", "architecture",
-                     ferry_json_get_string(request, "architecture") ?: "x86_64", "config", config, "devices", devices,
+                     architecture, "config", config, "devices", devices,
                      "profiles", profile_list, "ephemeral", ferry_json_get_bool(request, "ephemeral", FALSE),
                      "description", ferry_json_get_string(request, "description") ?: "", "pool",
                      ferry_pool_get_name(pool));
@@ -412,7 +415,8 @@ json_t *ferry_instance_create_prepare(FerryDaemon *daemon, const char *project, 
         image = ferry_db_get(daemon->db, FERRY_KIND_IMAGE, project, "", fingerprint, error);
         if (image == NULL)
             return NULL;
-        if (ferry_json_get_string(request, "architecture") == NULL && ferry_json_get_string(image, "architecture"))
+        const char *requested_arch = ferry_json_get_string(request, "architecture");
+        if ((requested_arch == NULL || *requested_arch == '\0') && ferry_json_get_string(image, "architecture"))
             json_object_set_new(request, "architecture", json_string(ferry_json_get_string(image, "architecture")));
     }
     FerryPool *pool = NULL;

@@ -60,19 +60,11 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
 gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
                                  FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
 {
-    if (!run_pass(link, dir, options, progress, TRUE, cancellable, error)) {
-        g_prefix_error(error, "Rsync send failed: ");
-        return FALSE;
-    }
-    return TRUE;
+    return run_pass(link, dir, options, progress, TRUE, cancellable, error);
 }
 
 gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
                                     FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
 {
-    if (!run_pass(link, dir, options, progress, FALSE, cancellable, error)) {
-        g_prefix_error(error, "Rsync receive failed: ");
-        return FALSE;
-    }
-    return TRUE;
+    return run_pass(link, dir, options, progress, FALSE, cancellable, error);
 }
