@@ -30,6 +30,8 @@
 #define SOURCE_GRACE_SECONDS 30
 /* How long to let the other side's operation end after one side failed, for the better error message. */
 #define FAILURE_GRACE_MS 3000
+/* How long a cancelled operation may take to end. */
+#define CANCEL_WAIT_SECONDS 5
 /* A clean stop of the source before a stateless move may take this long before the stop is forced. */
 #define STOP_TIMEOUT_SECONDS 30
 
@@ -284,14 +286,23 @@ static gboolean op_start(Op *op, const char *path, json_t *body, GError **error)
     return TRUE;
 }
 
+static void iterate_contexts(GMainContext **contexts, guint count, int timeout_ms);
+
 /* Cancel a side's operation that is still running (DELETE /1.0/operations/<id>), ignoring failures: this
- * only ever tidies up after another error. */
+ * only ever tidies up after another error. The operation holds its instance until its worker has noticed:
+ * wait a little for it to end, so that the instance is free again when the CLI returns. */
 static void op_cancel(Op *op)
 {
     if (op->id == NULL || op->done)
         return;
     g_autofree char *path = ferry_api_path("operations", op->id, NULL);
     g_autoptr(FerryResponse) response = ferry_client_request(op->end->client, "DELETE", path, NULL, NULL, NULL);
+    if (response == NULL || op->watch == NULL)
+        return;
+    GMainContext *context = ferry_client_get_context(op->end->client);
+    gint64 deadline = g_get_monotonic_time() + CANCEL_WAIT_SECONDS * G_USEC_PER_SEC;
+    while (!ferry_operation_watch_is_done(op->watch) && g_get_monotonic_time() < deadline)
+        iterate_contexts(&context, 1, 100);
 }
 
 /* Secrets of a listening side as a JSON object of strings; FALSE when they are not that. */
@@ -1013,13 +1024,7 @@ static gboolean copy_push(Session *s, const char *src_path, const char *dst_path
                           GError **error)
 {
     Transfer *t = s->t;
-    json_object_set_new(t->body, "source", migration_source(t, "push"));
-    g_autoptr(GError) local_error = NULL;
-    if (!op_start(&s->target, dst_path, t->body, &local_error) || !check_secrets(&s->target, &local_error)) {
-        set_side_error(error, "target", t->dst->remote, local_error);
-        return FALSE;
-    }
-    watch_op(&s->target, &s->target_progress);
+    /* Where the source is to dial, known before anything is asked of either server. */
     g_autoptr(GPtrArray) urls = NULL;
     g_autofree char *certificate = NULL;
     if (!connection_info(t->cli, t->dst, &urls, &certificate, error))
@@ -1031,6 +1036,13 @@ static gboolean copy_push(Session *s, const char *src_path, const char *dst_path
                     t->dst->remote);
         return FALSE;
     }
+    json_object_set_new(t->body, "source", migration_source(t, "push"));
+    g_autoptr(GError) local_error = NULL;
+    if (!op_start(&s->target, dst_path, t->body, &local_error) || !check_secrets(&s->target, &local_error)) {
+        set_side_error(error, "target", t->dst->remote, local_error);
+        return FALSE;
+    }
+    watch_op(&s->target, &s->target_progress);
     g_autoptr(GString) tried = g_string_new(NULL);
     for (guint i = 0; i < urls->len; i++) {
         const char *url = g_ptr_array_index(urls, i);
@@ -1081,20 +1093,10 @@ static gboolean copy_relay(Session *s, const char *dst_path, GError **error)
 }
 
 /* pull: the target dials the source, at each address the source has until one answers. */
-static gboolean copy_pull(Session *s, const char *dst_path, GError **error)
+static gboolean copy_pull(Session *s, const char *dst_path, GPtrArray *urls, const char *certificate,
+                          GError **error)
 {
     Transfer *t = s->t;
-    g_autoptr(GPtrArray) urls = NULL;
-    g_autofree char *certificate = NULL;
-    if (!connection_info(t->cli, t->src, &urls, &certificate, error))
-        return FALSE;
-    if (urls->len == 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                    "The source server isn't listening on the network: set core.https_address on \"%s\" or use "
-                    "--mode push or relay",
-                    t->src->remote);
-        return FALSE;
-    }
     json_t *migration = migration_source(t, "pull");
     json_object_set_new(t->body, "source", migration);
     json_object_set_new(migration, "certificate", json_string(certificate));
@@ -1151,15 +1153,29 @@ static gboolean remote_copy(Transfer *t, GError **error)
     if (push) {
         ok = copy_push(&s, src_path, dst_path, source_body, error);
     } else {
-        /* pull and relay: the source listens first. */
+        /* pull and relay: the source listens first. In pull mode, where the target is to dial it is known
+         * before anything is asked of either server. */
+        gboolean relay = strcmp(t->flags->mode, "relay") == 0;
+        g_autoptr(GPtrArray) urls = NULL;
+        g_autofree char *certificate = NULL;
         g_autoptr(GError) local_error = NULL;
-        ok = op_start(&s.source, src_path, source_body, &local_error) && check_secrets(&s.source, &local_error);
-        if (!ok) {
-            set_side_error(error, "source", t->src->remote, local_error);
-        } else {
+        ok = relay || connection_info(t->cli, t->src, &urls, &certificate, error);
+        if (ok && !relay && urls->len == 0) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                        "The source server isn't listening on the network: set core.https_address on \"%s\" or "
+                        "use --mode push or relay",
+                        t->src->remote);
+            ok = FALSE;
+        }
+        if (ok) {
+            ok = op_start(&s.source, src_path, source_body, &local_error) &&
+                 check_secrets(&s.source, &local_error);
+            if (!ok)
+                set_side_error(error, "source", t->src->remote, local_error);
+        }
+        if (ok) {
             watch_op(&s.source, &s.source_progress);
-            ok = strcmp(t->flags->mode, "relay") == 0 ? copy_relay(&s, dst_path, error)
-                                                      : copy_pull(&s, dst_path, error);
+            ok = relay ? copy_relay(&s, dst_path, error) : copy_pull(&s, dst_path, urls, certificate, error);
         }
     }
 

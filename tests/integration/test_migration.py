@@ -76,7 +76,7 @@ def target_body(src, name, new_name=None, **overrides):
 
 
 def migrate(src, dst, name, new_name=None, mode="pull", instance_only=False, snapshot=None, allow_inconsistent=False,
-            expect_failure=False, **overrides):
+            expect_failure=False, source_refresh=False, **overrides):
     """The Incus client's copy: returns (source operation, target operation)."""
     path = f"/1.0/instances/{name}" + (f"/snapshots/{snapshot}" if snapshot else "")
     flags = {"migration": True, "live": False, "instance_only": instance_only, "allow_inconsistent": allow_inconsistent}
@@ -90,14 +90,15 @@ def migrate(src, dst, name, new_name=None, mode="pull", instance_only=False, sna
         body["source"] = {"type": "migration", "mode": "pull",
                           "operation": f"https://127.0.0.1:{src.https_port}/1.0/operations/{op['id']}",
                           "certificate": source_cert(src), "secrets": op["metadata"],
-                          "instance_only": instance_only, "allow_inconsistent": allow_inconsistent}
+                          "instance_only": instance_only, "allow_inconsistent": allow_inconsistent,
+                          "refresh": source_refresh}
         status, dst_env = dst.api("POST", "/1.0/instances", body)
         if status != 202:
             src.api("DELETE", f"/1.0/operations/{op['id']}")
             return src_env, dst_env
     else:
         body["source"] = {"type": "migration", "mode": "push", "certificate": "", "instance_only": instance_only,
-                          "allow_inconsistent": allow_inconsistent}
+                          "allow_inconsistent": allow_inconsistent, "refresh": source_refresh}
         status, dst_env = dst.api("POST", "/1.0/instances", body)
         if status != 202:
             return None, dst_env
@@ -245,3 +246,88 @@ def test_killed_source_leaves_target_unchanged(pair):
     assert os.listdir(os.path.join(b.dir, "storage-pools", "default", "containers")) == []
     a.start()
     assert a.call("GET", "/1.0/instances/big")["status"] == "Stopped"
+
+
+def migrate_refresh(src, dst, name, mode="pull", instance_only=False):
+    """The Incus client's `copy --refresh`: the same requests with source.refresh set."""
+    return migrate(src, dst, name, mode=mode, instance_only=instance_only, source_refresh=True)
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_refresh_sends_changes_and_prunes_snapshots(pair, mode):
+    a, b = pair
+    prepare_c1(a)
+    assert_success(migrate(a, b, "c1", mode=mode))
+    b_snap0_created = b.call("GET", "/1.0/instances/c1/snapshots/snap0")["created_at"]
+    # Change the source: new content, one snapshot gone, one new.
+    a.call("PUT", "/1.0/instances/c1/state", {"action": "start"})
+    a.exec("c1", ["sh", "-c", "echo four > /root/f; rm -r /root/d; echo new > /root/new"])
+    a.call("DELETE", "/1.0/instances/c1/snapshots/snap1")
+    a.call("POST", "/1.0/instances/c1/snapshots", {"name": "snap2"})
+    a.call("PUT", "/1.0/instances/c1/state", {"action": "stop", "force": True})
+    # A file only on the target disappears (rsync --delete), as the source does not have it.
+    open(os.path.join(rootfs(b, "c1"), "root", "target-only"), "w").write("x")
+    assert_success(migrate_refresh(a, b, "c1", mode=mode))
+    assert tree_digest(rootfs(a, "c1")) == tree_digest(rootfs(b, "c1"))
+    assert [s["name"] for s in b.call("GET", "/1.0/instances/c1/snapshots?recursion=1")] == ["snap0", "snap2"]
+    # The unchanged snapshot was kept, not sent again.
+    assert b.call("GET", "/1.0/instances/c1/snapshots/snap0")["created_at"] == b_snap0_created
+    snap2 = os.path.join(b.dir, "storage-pools/default/containers-snapshots/default_c1/snap2")
+    assert tree_digest(snap2) == tree_digest(os.path.join(a.dir,
+                                                          "storage-pools/default/containers-snapshots/default_c1/snap2"))
+    leftovers = [n for n in os.listdir(os.path.join(b.dir, "storage-pools/default/containers")) if n != "default_c1"]
+    assert leftovers == []
+
+
+def test_refresh_failure_keeps_old_target(pair):
+    """The source dies mid-refresh: the target keeps its previous, complete copy."""
+    a, b = pair
+    prepare_c1(a)
+    assert_success(migrate(a, b, "c1"))
+    before = tree_digest(rootfs(b, "c1"))
+    with open(os.path.join(rootfs(a, "c1"), "root", "blob"), "wb") as f:
+        f.write(os.urandom(64 << 20))
+    status, src_env = a.api("POST", "/1.0/instances/c1", {"migration": True, "live": False})
+    op = src_env["metadata"]
+    body = target_body(a, "c1")
+    body["source"] = {"type": "migration", "mode": "pull", "certificate": source_cert(a), "refresh": True,
+                      "operation": f"https://127.0.0.1:{a.https_port}/1.0/operations/{op['id']}",
+                      "secrets": op["metadata"]}
+    status, dst_env = b.api("POST", "/1.0/instances", body)
+    assert status == 202, dst_env
+    time.sleep(0.3)
+    a.kill()
+    assert b.wait(dst_env, 120)["status"] == "Failure"
+    assert tree_digest(rootfs(b, "c1")) == before
+    assert [s["name"] for s in b.call("GET", "/1.0/instances/c1/snapshots?recursion=1")] == ["snap0", "snap1"]
+    assert os.listdir(os.path.join(b.dir, "storage-pools/default/containers")) == ["default_c1"]
+    b.call("PUT", "/1.0/instances/c1/state", {"action": "start"})
+    assert b.exec("c1", ["cat", "/root/f"])[1] == b"three\n"
+
+
+def test_refresh_of_running_target_is_refused(pair):
+    a, b = pair
+    prepare_c1(a)
+    assert_success(migrate(a, b, "c1"))
+    b.call("PUT", "/1.0/instances/c1/state", {"action": "start"})
+    src_env, dst_env = migrate_refresh(a, b, "c1")
+    assert dst_env.get("error_code") == 400 and "running" in dst_env["error"], dst_env
+
+
+@pytest.mark.parametrize("setting", ["server", "pool"])
+def test_bandwidth_limit_is_honoured(pair, setting):
+    """migration.bandwidth (ferry, every stream) and rsync.bwlimit (Incus's pool key) slow the transfer down.
+    A behaviour check with a generous bound: 4 MiB at 1 MiB/s cannot take under 2.5 s."""
+    a, b = pair
+    a.launch("bw", start=False)
+    with open(os.path.join(rootfs(a, "bw"), "root", "blob"), "wb") as f:
+        f.write(os.urandom(4 << 20))
+    if setting == "server":
+        a.call("PATCH", "/1.0", {"config": {"migration.bandwidth": "1MiB"}})
+    else:
+        a.call("PATCH", "/1.0/storage-pools/default", {"config": {"rsync.bwlimit": "1024"}})
+        a.stop()  # pool config is read when the pool is loaded
+        a.start()
+    start = time.monotonic()
+    assert_success(migrate(a, b, "bw"))
+    assert time.monotonic() - start >= 2.5

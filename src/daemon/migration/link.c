@@ -2,6 +2,8 @@
 
 #include "error.h"
 #include "json.h"
+#include "daemon.h"
+#include "pool.h"
 #include "server.h"
 
 #include <string.h>
@@ -162,5 +164,38 @@ void ferry_migration_link_abort(FerryMigrationLink *link)
     while (g_hash_table_iter_next(&iter, NULL, &ws))
         ferry_websocket_abort(ws);
     g_cond_broadcast(&link->changed);
+    g_mutex_unlock(&link->lock);
+}
+
+static guint64 parse_limit(const char *value)
+{
+    gint64 bytes = 0;
+    /* rsync takes a bare number as KiB/s; Incus passes rsync.bwlimit to it as is. */
+    if (value == NULL || *value == '\0')
+        return 0;
+    if (g_ascii_isdigit(value[strlen(value) - 1]))
+        return g_ascii_strtoull(value, NULL, 10) * 1024;
+    return ferry_parse_size(value, &bytes) && bytes > 0 ? (guint64)bytes : 0;
+}
+
+guint64 ferry_migration_bandwidth_limit(FerryDaemon *daemon, FerryPool *pool)
+{
+    g_autofree char *server = ferry_db_config_get(daemon->db, "migration.bandwidth");
+    guint64 limit = parse_limit(server);
+    GHashTable *config = pool != NULL ? ferry_pool_get_config(pool) : NULL;
+    guint64 pool_limit = config != NULL ? parse_limit(g_hash_table_lookup(config, "rsync.bwlimit")) : 0;
+    if (pool_limit > 0 && (limit == 0 || pool_limit < limit))
+        limit = pool_limit;
+    return limit;
+}
+
+void ferry_migration_link_limit(FerryMigrationLink *link, guint64 bytes_per_second)
+{
+    g_mutex_lock(&link->lock);
+    GHashTableIter iter;
+    gpointer ws;
+    g_hash_table_iter_init(&iter, link->channels);
+    while (g_hash_table_iter_next(&iter, NULL, &ws))
+        ferry_websocket_set_send_limit(ws, bytes_per_second);
     g_mutex_unlock(&link->lock);
 }

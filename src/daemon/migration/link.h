@@ -35,6 +35,14 @@ gboolean ferry_migration_link_dial(FerryMigrationLink *link, const char *operati
 /* The websocket of a connected channel (borrowed), NULL if not connected. */
 FerryWebsocket *ferry_migration_link_get(FerryMigrationLink *link, const char *channel);
 
+/* The bandwidth limit in bytes/s that applies to this migration's data (0 = none): the smaller of the
+ * server's migration.bandwidth (ferry's key, every stream) and the pool's rsync.bwlimit (Incus's key). */
+typedef struct _FerryDaemon FerryDaemon;
+typedef struct _FerryPool FerryPool;
+guint64 ferry_migration_bandwidth_limit(FerryDaemon *daemon, FerryPool *pool);
+/* Apply migration.bandwidth to every connected channel's sends. */
+void ferry_migration_link_limit(FerryMigrationLink *link, guint64 bytes_per_second);
+
 /* Unblock every reader and writer (a failure somewhere: nobody may hang). */
 void ferry_migration_link_abort(FerryMigrationLink *link);
 

@@ -28,6 +28,8 @@ typedef struct {
     gboolean push;
     FerryMigrationLink *link;
     json_t *config_updates; /* what the data says about itself, applied when the instance is complete */
+    gboolean refresh;       /* update an existing instance: receive beside it, swap in at the end */
+    char *staging;          /* refresh: the volume receiving the data */
 } SinkTask;
 
 static void sink_task_free(gpointer data)
@@ -37,6 +39,7 @@ static void sink_task_free(gpointer data)
     g_free(task->name);
     json_decref(task->request);
     json_decref(task->config_updates);
+    g_free(task->staging);
     ferry_migration_link_free(task->link);
     g_free(task);
 }
@@ -113,6 +116,49 @@ static json_t *snapshot_document(const Migration__Snapshot *snap, json_t *index_
     return doc;
 }
 
+/* Unix seconds of a snapshot's creation on this server (what Incus compares, to the second). */
+static gint64 local_snapshot_time(FerryDaemon *daemon, const char *project, const char *instance, const char *name)
+{
+    g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_SNAPSHOT, project, instance, name, NULL);
+    const char *created = doc != NULL ? ferry_json_get_string(doc, "created_at") : NULL;
+    if (created != NULL) {
+        g_autoptr(GDateTime) when = g_date_time_new_from_iso8601(created, NULL);
+        if (when != NULL)
+            return g_date_time_to_unix(when);
+    }
+    return ferry_db_created_at(daemon->db, FERRY_KIND_SNAPSHOT, project, instance, name) / G_USEC_PER_SEC;
+}
+
+/* Refresh plan (Incus's CompareSnapshots): send what the target lacks or has with another creation time;
+ * drop what the source no longer has. Nothing is deleted here: the old target stays whole until the swap. */
+static void plan_refresh(FerryDaemon *daemon, SinkTask *task, const FerryReceivedHeader *offer, gboolean instance_only,
+                         GPtrArray *to_sync, GPtrArray *to_delete)
+{
+    g_autoptr(GPtrArray) existing = ferry_db_list_names(daemon->db, FERRY_KIND_SNAPSHOT, task->project, task->name);
+    size_t offered = instance_only ? 0 : offer->n_snapshotnames;
+    for (size_t i = 0; i < offered; i++) {
+        const char *name = offer->snapshotnames[i];
+        gint64 source_time = 0;
+        for (size_t j = 0; j < offer->n_snapshots; j++) {
+            if (g_strcmp0(offer->snapshots[j]->name, name) == 0 && offer->snapshots[j]->has_creation_date)
+                source_time = offer->snapshots[j]->creation_date;
+        }
+        gboolean have = g_ptr_array_find_with_equal_func(existing, name, g_str_equal, NULL);
+        if (have && local_snapshot_time(daemon, task->project, task->name, name) == source_time)
+            continue;
+        if (have)
+            g_ptr_array_add(to_delete, g_strdup(name));
+        g_ptr_array_add(to_sync, g_strdup(name));
+    }
+    for (guint i = 0; i < existing->len; i++) {
+        gboolean offered_name = FALSE;
+        for (size_t j = 0; j < offered; j++)
+            offered_name = offered_name || g_str_equal(offer->snapshotnames[j], existing->pdata[i]);
+        if (!offered_name)
+            g_ptr_array_add(to_delete, g_strdup(existing->pdata[i]));
+    }
+}
+
 static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMonitor **monitor_out,
                               GError **error)
 {
@@ -174,14 +220,25 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
         response->criu = MIGRATION__CRIUTYPE__NONE;
     }
     /* Snapshot names come from the peer: check them before they become paths and rows. */
-    size_t snapshot_count = instance_only ? 0 : offer->n_snapshotnames;
-    for (size_t i = 0; i < snapshot_count; i++) {
+    for (size_t i = 0; i < offer->n_snapshotnames; i++) {
         if (!ferry_validate_snapshot_name(offer->snapshotnames[i], error))
             return FALSE;
-        json_t *snapshot = json_pack("{s:s}", "name", offer->snapshotnames[i]);
+    }
+    g_autoptr(GPtrArray) wanted = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) to_delete = g_ptr_array_new_with_free_func(g_free);
+    if (task->refresh) {
+        plan_refresh(daemon, task, offer, instance_only, wanted, to_delete);
+        response->refresh = TRUE;
+    } else {
+        for (size_t i = 0; !instance_only && i < offer->n_snapshotnames; i++)
+            g_ptr_array_add(wanted, g_strdup(offer->snapshotnames[i]));
+    }
+    for (guint i = 0; i < wanted->len; i++) {
+        json_t *snapshot = json_pack("{s:s}", "name", (const char *)wanted->pdata[i]);
         ferry_offer_add_snapshot(response, snapshot);
         json_decref(snapshot);
     }
+    size_t snapshot_count = wanted->len;
     if (!ferry_migration_send_header(control, response, error)) {
         g_prefix_error(error, "Failed sending migration response to source: ");
         return FALSE;
@@ -195,7 +252,8 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
             g_prefix_error(error, "Failed decoding migration index header: ");
             return FALSE;
         }
-        g_autoptr(json_t) info = json_pack("{s:i, s:s, s:b}", "StatusCode", 200, "Error", "", "Refresh", FALSE);
+        g_autoptr(json_t) info =
+            json_pack("{s:i, s:s, s:b}", "StatusCode", 200, "Error", "", "Refresh", task->refresh);
         if (!ferry_migration_send_json(fs, info, error))
             return FALSE;
     }
@@ -208,9 +266,19 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     FerryPool *pool = ferry_instance_get_pool(daemon, task->project, doc, error);
     if (pool == NULL)
         return FALSE;
-    g_autofree char *volume = ferry_instance_volume_name(task->project, task->name);
-    if (!ferry_pool_create_volume(pool, FERRY_VOLUME_CONTAINER, volume, error))
+    g_autofree char *live_volume = ferry_instance_volume_name(task->project, task->name);
+    const char *volume = live_volume;
+    if (task->refresh) {
+        /* A copy-on-write copy of the current data receives the changes; the live volume stays untouched. */
+        task->staging = g_strdup_printf("%s.refresh", live_volume);
+        ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, task->staging, NULL);
+        if (!ferry_pool_copy_volume(pool, FERRY_VOLUME_CONTAINER, live_volume, FERRY_VOLUME_CONTAINER, task->staging,
+                                    cancellable, error))
+            return FALSE;
+        volume = task->staging;
+    } else if (!ferry_pool_create_volume(pool, FERRY_VOLUME_CONTAINER, volume, error)) {
         return FALSE;
+    }
     g_autofree char *path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
 
     FerryTransferProgress progress = {.op = op};
@@ -219,10 +287,11 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     /* Snapshots oldest first, each received into the volume and then snapshotted, so rsync moves only what
      * changed since the previous one. */
     for (size_t i = 0; i < snapshot_count; i++) {
-        g_autofree char *stage = g_strdup_printf("snapshot %s", offer->snapshotnames[i]);
+        const char *snapshot_name = wanted->pdata[i];
+        g_autofree char *stage = g_strdup_printf("snapshot %s", snapshot_name);
         progress.stage = stage;
         if (!ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error) ||
-            !ferry_pool_create_snapshot(pool, FERRY_VOLUME_CONTAINER, volume, offer->snapshotnames[i], error))
+            !ferry_pool_create_snapshot(pool, FERRY_VOLUME_CONTAINER, volume, snapshot_name, error))
             return FALSE;
     }
     progress.stage = "instance";
@@ -234,10 +303,28 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
             return FALSE;
     }
 
-    /* All data is here: the records appear together or not at all. */
+    /* All data is here. A refresh now swaps it in: stale snapshots go, received ones move beside the live
+     * volume, and one atomic exchange replaces the instance's data. */
+    if (task->refresh) {
+        for (guint i = 0; i < to_delete->len; i++) {
+            if (!ferry_pool_delete_snapshot(pool, FERRY_VOLUME_CONTAINER, live_volume, to_delete->pdata[i], error) ||
+                !ferry_db_delete(daemon->db, FERRY_KIND_SNAPSHOT, task->project, task->name, to_delete->pdata[i],
+                                 error))
+                return FALSE;
+        }
+        for (guint i = 0; i < wanted->len; i++) {
+            if (!ferry_pool_move_snapshot(pool, FERRY_VOLUME_CONTAINER, volume, wanted->pdata[i], live_volume, error))
+                return FALSE;
+        }
+        if (!ferry_pool_exchange_volumes(pool, FERRY_VOLUME_CONTAINER, live_volume, volume, error))
+            return FALSE;
+        ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, volume, NULL);
+        g_clear_pointer(&task->staging, g_free);
+    }
+    /* The records appear together or not at all. */
     ferry_db_begin(daemon->db);
     for (size_t i = 0; i < snapshot_count; i++) {
-        const char *name = offer->snapshotnames[i];
+        const char *name = wanted->pdata[i];
         const Migration__Snapshot *snap = NULL;
         for (size_t j = 0; j < offer->n_snapshots; j++) {
             if (g_strcmp0(offer->snapshots[j]->name, name) == 0)
@@ -303,6 +390,13 @@ static gboolean run_sink(FerryOperation *op, gpointer data, GError **error)
     }
     ferry_control_monitor_free(monitor);
     ferry_migration_link_abort(task->link);
+    if (task->staging != NULL) {
+        /* A refresh that did not reach the swap: the old target is intact, only the staging copy goes. */
+        g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name, NULL);
+        FerryPool *pool = doc != NULL ? ferry_instance_get_pool(daemon, task->project, doc, NULL) : NULL;
+        if (pool != NULL)
+            ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, task->staging, NULL);
+    }
     if (!ok)
         ferry_instance_create_abort(daemon, task->project, task->name);
     else if (ferry_json_get_bool(task->request, "start", FALSE))
@@ -336,17 +430,26 @@ FerryResponse *ferry_migration_sink_start(FerryRequest *request)
         }
     }
     const char *name = ferry_json_get_string(request->body, "name");
-    if (name != NULL && ferry_db_exists(daemon->db, FERRY_KIND_INSTANCE, request->project, "", name)) {
-        if (ferry_json_get_bool(source, "refresh", FALSE))
-            return ferry_response_error_new(501, "Refreshing an existing instance is not supported yet");
-        return ferry_response_error_new(409, "Instance \"%s\" already exists", name);
-    }
-    /* Everything is checked before any byte moves; the row is "creating" until the data is complete. */
+    gboolean refresh = FALSE;
     g_autoptr(json_t) body = json_deep_copy(request->body);
     json_object_del(body, "source");
-    g_autoptr(json_t) doc = ferry_instance_prepare_new(daemon, request->project, body, &error);
-    if (doc == NULL)
-        return ferry_response_error(error);
+    if (name != NULL && ferry_db_exists(daemon->db, FERRY_KIND_INSTANCE, request->project, "", name)) {
+        if (!ferry_json_get_bool(source, "refresh", FALSE))
+            return ferry_response_error_new(409, "Instance \"%s\" already exists", name);
+        int code = 0;
+        ferry_instance_status(daemon, request->project, name, &code);
+        if (code != 102)
+            return ferry_response_error_new(400, "The target instance \"%s\" is running: stop it before "
+                                                 "refreshing it", name);
+        if (!ferry_daemon_claim_instance(daemon, request->project, name, "refresh", &error))
+            return ferry_response_error(error);
+        refresh = TRUE;
+    } else {
+        /* Everything is checked before any byte moves; the row is "creating" until the data is complete. */
+        g_autoptr(json_t) doc = ferry_instance_prepare_new(daemon, request->project, body, &error);
+        if (doc == NULL)
+            return ferry_response_error(error);
+    }
 
     SinkTask *task = g_new0(SinkTask, 1);
     task->daemon = daemon;
@@ -354,6 +457,7 @@ FerryResponse *ferry_migration_sink_start(FerryRequest *request)
     task->name = g_strdup(ferry_json_get_string(body, "name"));
     task->request = json_deep_copy(request->body);
     task->push = push;
+    task->refresh = refresh;
     task->link = ferry_migration_link_new();
     g_autofree char *url = g_strdup_printf("/1.0/instances/%s", task->name);
     g_autoptr(FerryOperation) op = ferry_operation_new(daemon, push ? FERRY_OPERATION_WEBSOCKET : FERRY_OPERATION_TASK,

@@ -188,6 +188,11 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
     options.allow_inconsistent = task->allow_inconsistent;
     options.helper_binary = daemon->helper_binary;
     options.hard_links = response->ferry != NULL && response->ferry->has_version && response->ferry->version >= 1;
+    options.bwlimit_bytes_per_sec = ferry_migration_bandwidth_limit(daemon, pool);
+    /* ferry's own key limits every stream, whatever carries it; rsync's --bwlimit covers the pool's key. */
+    g_autofree char *server_limit = ferry_db_config_get(daemon->db, "migration.bandwidth");
+    if (server_limit != NULL)
+        ferry_migration_link_limit(task->link, ferry_migration_bandwidth_limit(daemon, NULL));
 
     /* Everything from here on is watched: a failure report from the target stops us. */
     *monitor_out = ferry_control_monitor_start(task->link, "target");

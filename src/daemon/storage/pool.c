@@ -844,6 +844,37 @@ gboolean ferry_pool_rename_snapshot(FerryPool *pool, FerryVolumeType type, const
     return ok;
 }
 
+gboolean ferry_pool_move_snapshot(FerryPool *pool, FerryVolumeType type, const char *from_volume,
+                                  const char *snapshot, const char *to_volume, GError **error)
+{
+    if (!check_snapshot(type, from_volume, snapshot, error) || !check_volume(type, to_volume, error))
+        return FALSE;
+    g_autoptr(GError) local_error = NULL;
+    int from = open_volume_snapshots(pool, type, from_volume, FALSE, &local_error);
+    int to = from >= 0 ? open_volume_snapshots(pool, type, to_volume, TRUE, &local_error) : -1;
+    gboolean ok = FALSE;
+    if (from < 0 || !entry_exists(from, snapshot)) {
+        if (local_error != NULL)
+            g_propagate_error(error, g_steal_pointer(&local_error));
+        else
+            set_snapshot_not_found(error, from_volume, snapshot);
+    } else if (to < 0) {
+        g_propagate_error(error, g_steal_pointer(&local_error));
+    } else if (renameat2(from, snapshot, to, snapshot, RENAME_NOREPLACE) < 0) {
+        /* Both directories are in the pool's snapshots tree: one filesystem, so this is a plain rename. */
+        if (errno == EEXIST)
+            set_snapshot_exists(error, to_volume, snapshot);
+        else
+            ferry_set_error_errno(error, errno, "Failed to move snapshot \"%s/%s\" to \"%s\"", from_volume,
+                                  snapshot, to_volume);
+    } else {
+        ok = TRUE;
+    }
+    close_fd(&from);
+    close_fd(&to);
+    return ok;
+}
+
 gboolean ferry_pool_restore_snapshot(FerryPool *pool, FerryVolumeType type, const char *volume,
                                      const char *snapshot, GError **error)
 {

@@ -138,6 +138,10 @@ gboolean ferry_pool_rename_snapshot(FerryPool *pool, FerryVolumeType type, const
                                     const char *old_name, const char *new_name, GError **error);
 /* The volume's content becomes the snapshot's: the restored copy is built beside the volume and exchanged
  * with it in one renameat2, so a failure leaves the volume as it was. */
+/* Move a snapshot from one volume to another (a refresh received it beside the live volume). rename(2):
+ * atomic and cheap on every driver. 409 if the target volume already has a snapshot of that name. */
+gboolean ferry_pool_move_snapshot(FerryPool *pool, FerryVolumeType type, const char *from_volume,
+                                  const char *snapshot, const char *to_volume, GError **error);
 gboolean ferry_pool_restore_snapshot(FerryPool *pool, FerryVolumeType type, const char *volume,
                                      const char *snapshot, GError **error);
 
