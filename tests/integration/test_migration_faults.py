@@ -1,0 +1,380 @@
+"""Migration under faults: no data lost, nothing left behind.
+
+Whatever goes wrong mid-transfer -- kill -9 of either daemon, a dropped or stalled connection, a full target
+disk, a cancel -- the source stays as it was, the target is complete or unchanged, neither side keeps a volume,
+a DB row, an rsync or `ferryd netcat` process, a mount or a temp directory, and the error says what happened on
+which server. A restarted daemon cleans up what an interrupted transfer left.
+
+Every migration goes through `FaultProxy`, a loopback TCP proxy between the two daemons: the target dials it
+instead of the source (pull) or the source dials it instead of the target (push). TLS passes through untouched.
+The proxy throttles the transfer so that "mid-transfer" is a state the tests wait for (progress reported by the
+receiving operation), not a sleep."""
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from test_migration import pair, rootfs, source_cert, target_body, tree_digest  # noqa: F401 (pair: fixture)
+
+MiB = 1 << 20
+# Bounds for things that should take a second or two: generous, so only a hang fails them.
+END_TIMEOUT = 60
+PROCESS_TIMEOUT = 20
+
+
+# --- the proxy ------------------------------------------------------------------------------------------------------
+class FaultProxy:
+    """127.0.0.1:<port> -> upstream. Modes: pass (optionally throttled), stall (stop forwarding, keep the
+    sockets open), cut (close both sides of every connection now)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, upstream_port, upstream_host="127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.cond = threading.Condition()
+        self.stalled = False
+        self.rate = 0  # bytes per second and direction of each connection, 0: unlimited
+        self.closed = False
+        self.connections = []  # [client socket, upstream socket]
+        self.accepted = 0
+        self.threads = []
+        self._spawn(self._accept_loop)
+
+    def _spawn(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    # control
+    def throttle(self, bytes_per_s):
+        with self.cond:
+            self.rate = bytes_per_s
+            self.cond.notify_all()
+
+    def stall(self):
+        with self.cond:
+            self.stalled = True
+
+    def resume(self):
+        with self.cond:
+            self.stalled = False
+            self.cond.notify_all()
+
+    def cut(self):
+        """Drop every connection: RST both ways."""
+        with self.cond:
+            connections = list(self.connections)
+            self.cond.notify_all()
+        for pair_ in connections:
+            for s in pair_:
+                self._reset(s)
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.stalled = False
+            self.cond.notify_all()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.cut()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+    @staticmethod
+    def _reset(s):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked on it; its close then sends the RST
+        except OSError:
+            pass
+
+    # forwarding
+    def _accept_loop(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.cond:
+                if self.closed:
+                    client.close()
+                    return
+                self.accepted += 1
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                self._reset(client)
+                client.close()
+                continue
+            connection = [client, upstream]
+            with self.cond:
+                self.connections.append(connection)
+            state = {"open": 2}
+            self._spawn(self._pump, client, upstream, connection, state)
+            self._spawn(self._pump, upstream, client, connection, state)
+
+    def _wait_unstalled(self):
+        with self.cond:
+            while self.stalled and not self.closed:
+                self.cond.wait()
+
+    def _pump(self, src, dst, connection, state):
+        next_at = time.monotonic()
+        try:
+            while True:
+                self._wait_unstalled()
+                rate = self.rate
+                size = self.CHUNK if rate == 0 else max(1024, min(self.CHUNK, rate // 20))
+                data = src.recv(size)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)  # pass the end on, as TCP would
+                    break
+                # Data read just as a stall began is held until it ends, like everything after it.
+                self._wait_unstalled()
+                dst.sendall(data)
+                if rate:
+                    next_at = max(next_at, time.monotonic() - 0.5) + len(data) / rate
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+        except OSError:
+            # One side failed: the other sees the connection drop (reset) too.
+            self._reset(dst)
+            self._reset(src)
+        finally:
+            with self.cond:
+                state["open"] -= 1
+                last = state["open"] == 0
+                if last and connection in self.connections:
+                    self.connections.remove(connection)
+            if last:
+                src.close()
+                dst.close()
+
+
+@pytest.fixture
+def proxies():
+    made = []
+
+    def make(port):
+        proxy = FaultProxy(port)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+# --- what a server has --------------------------------------------------------------------------------------------
+def session_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def transfer_processes(server, sessions):
+    """rsync and `ferryd netcat` processes of a server: in the session of one of its ferryd processes (they
+    keep it after the daemon died), or naming its directory or HTTPS port."""
+    found = []
+    markers = [server.dir]
+    if server.https_port:
+        markers.append(f":{server.https_port}")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not argv:
+            continue
+        is_transfer = os.path.basename(argv[0]) == "rsync" or (len(argv) > 1 and argv[1] == "netcat")
+        if not is_transfer:
+            continue
+        cmdline = " ".join(argv)
+        if session_of(entry) in sessions or any(m in cmdline for m in markers):
+            found.append((int(entry), cmdline))
+    return found
+
+
+def assert_no_transfer_processes(server, sessions, timeout=PROCESS_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        left = transfer_processes(server, sessions)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"{server.name}: transfer processes left behind: {left}"
+
+
+def pool_path(server, pool="default"):
+    return os.path.join(server.dir, "storage-pools", pool)
+
+
+def staging_leftovers(server):
+    """".ferry-tmp-*" entries anywhere in the pools' first levels (where volumes and snapshots live)."""
+    found = []
+    base = os.path.join(server.dir, "storage-pools")
+    for pool in os.listdir(base) if os.path.isdir(base) else []:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(base, pool)):
+            depth = os.path.relpath(dirpath, base).count(os.sep)
+            found += [os.path.join(dirpath, n) for n in dirnames + filenames if n.startswith(".ferry-tmp-")]
+            if depth >= 2:
+                dirnames[:] = []
+    return found
+
+
+def mounts_under(directory):
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split()[4] for line in f if line.split()[4].startswith(directory + "/"))
+
+
+def assert_target_clean(server, name, pools=("default",), mounts=None):
+    """No trace of instance `name`: no row, no volume or snapshot, no staging dir, no mount, no lxc config."""
+    assert name not in [i["name"] for i in server.call("GET", "/1.0/instances?recursion=1")]
+    for pool in pools:
+        for sub in ("containers", "containers-snapshots"):
+            path = os.path.join(pool_path(server, pool), sub)
+            left = os.listdir(path) if os.path.isdir(path) else []
+            assert left == [], f"{server.name}: left in pool {pool}/{sub}: {left}"
+    assert staging_leftovers(server) == []
+    assert not os.path.exists(os.path.join(server.dir, "containers", f"default_{name}"))
+    if mounts is not None:
+        assert mounts_under(server.dir) == mounts
+
+
+def assert_source_intact(server, name, digest, status="Stopped"):
+    inst = server.call("GET", f"/1.0/instances/{name}")
+    assert inst["status"] == status
+    assert tree_digest(rootfs(server, name)) == digest
+    # Nothing holds the instance any more: it can be changed again.
+    server.call("PATCH", f"/1.0/instances/{name}", {"config": {"user.after": "fault"}})
+
+
+# --- driving a migration ------------------------------------------------------------------------------------------
+class Migration:
+    """A migration between src and dst with the connection through a proxy, not waited for."""
+
+    def __init__(self, src, dst, name, mode, proxy, snapshot_count=0, **overrides):
+        self.src, self.dst, self.name, self.mode = src, dst, name, mode
+        body = target_body(src, name, **overrides)
+        flags = {"migration": True, "live": False, "instance_only": False, "allow_inconsistent": False}
+        if mode == "pull":
+            status, self.src_env = src.api("POST", f"/1.0/instances/{name}", flags)
+            assert status == 202, self.src_env
+            op = self.src_env["metadata"]
+            body["source"] = {"type": "migration", "mode": "pull",
+                              "operation": f"https://127.0.0.1:{proxy.port}/1.0/operations/{op['id']}",
+                              "certificate": source_cert(src), "secrets": op["metadata"]}
+            status, self.dst_env = dst.api("POST", "/1.0/instances", body)
+            assert status == 202, self.dst_env
+        else:
+            body["source"] = {"type": "migration", "mode": "push", "certificate": ""}
+            status, self.dst_env = dst.api("POST", "/1.0/instances", body)
+            assert status == 202, self.dst_env
+            op = self.dst_env["metadata"]
+            flags["target"] = {"operation": f"https://127.0.0.1:{proxy.port}/1.0/operations/{op['id']}",
+                               "secrets": op["metadata"], "certificate": source_cert(dst)}
+            status, self.src_env = src.api("POST", f"/1.0/instances/{name}", flags)
+            assert status == 202, self.src_env
+        self.src_op_id = self.src_env["metadata"]["id"]
+        self.dst_op_id = self.dst_env["metadata"]["id"]
+
+    def op(self, server, op_id):
+        status, env = server.api("GET", f"/1.0/operations/{op_id}")
+        assert status == 200, env
+        return env["metadata"]
+
+    def wait_received(self, min_bytes, timeout=END_TIMEOUT):
+        """Until the target has received min_bytes of the main volume (the instance pass)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            op = self.op(self.dst, self.dst_op_id)
+            assert op["status"] == "Running", f"the target ended before the fault: {op}"
+            progress = (op.get("metadata") or {}).get("progress") or {}
+            if progress.get("stage") == "instance" and progress.get("done", 0) >= min_bytes:
+                return
+            time.sleep(0.05)
+        pytest.fail("the transfer did not get going")
+
+    def wait_end(self, server, env, timeout=END_TIMEOUT):
+        started = time.monotonic()
+        op = server.wait(env, timeout)
+        assert op["status"] != "Running", f"{server.name}: operation still running after {timeout} s: {op}"
+        return op, time.monotonic() - started
+
+    def wait_src(self, timeout=END_TIMEOUT):
+        return self.wait_end(self.src, self.src_env, timeout)[0]
+
+    def wait_dst(self, timeout=END_TIMEOUT):
+        return self.wait_end(self.dst, self.dst_env, timeout)[0]
+
+
+def sessions_of(*servers):
+    return {s.proc.pid for s in servers if s.proc is not None}
+
+
+def make_big(server, name="big", size=64 * MiB, snapshot=False):
+    """A stopped container with `size` bytes of random data (incompressible: rsync moves all of it)."""
+    server.launch(name, start=False)
+    if snapshot:
+        with open(os.path.join(rootfs(server, name), "root", "small"), "wb") as f:
+            f.write(os.urandom(MiB))
+        server.call("POST", f"/1.0/instances/{name}/snapshots", {"name": "snap0"})
+    with open(os.path.join(rootfs(server, name), "root", "blob"), "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    return tree_digest(rootfs(server, name))
+
+
+def throttled(proxies, port, rate=8 * MiB):
+    proxy = proxies(port)
+    proxy.throttle(rate)
+    return proxy
+
+
+def upstream_port(src, dst, mode):
+    """The proxy stands where the dialling side goes: the source (pull) or the target (push)."""
+    return src.https_port if mode == "pull" else dst.https_port
+
+
+# --- (a) kill -9 of the target ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_target_killed_mid_transfer(pair, proxies, mode):
+    a, b = pair
+    digest = make_big(a)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(4 * MiB)
+    b.kill()
+
+    src_op = m.wait_src()
+    assert src_op["status"] == "Failure", src_op
+    print("SRC ERR:", src_op["err"])
+    assert "target" in src_op["err"], src_op["err"]
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)  # b's rsync died with its daemon
+    assert_source_intact(a, "big", digest)
+
+    # The restarted target forgot the half-made instance.
+    b.start()
+    assert_target_clean(b, "big")
+    assert "left half-created by an interrupted operation" in b.log()
