@@ -1387,7 +1387,8 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
     FerryWebsocket *ws = ferry_websocket_new(stream, TRUE);
     /* Frames the server sent right behind its 101. */
     g_assert(leftover->len <= READ_BUFFER_SIZE);
-    memcpy(ws->rbuf, leftover->data, leftover->len);
+    if (leftover->len > 0)
+        memcpy(ws->rbuf, leftover->data, leftover->len);
     ws->rbuf_len = leftover->len;
     return ws;
 }

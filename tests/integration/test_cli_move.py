@@ -378,3 +378,49 @@ def test_progress_only_on_a_terminal(pair):
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == b"", proc.stdout
     assert names(b) == ["piped", "quiet", "shown"]
+
+
+def extension(server, name):
+    return name in server.call("GET", "/1.0")["api_extensions"]
+
+
+def test_refresh_and_near_live_move(pair):
+    """--refresh updates an existing copy; move --stateless --refresh is Incus's near-live move. Both need the
+    servers' container_incremental_copy extension, and the CLI says so when one lacks it."""
+    a, b, client = pair
+    make_source(a, "r1", running=True)
+    if not extension(b, "container_incremental_copy"):
+        fails(client, "copy", "r1", "b:", "--refresh", contains='The target server is missing the required '
+                                                                  '"container_incremental_copy" API extension')
+        fails(client, "move", "r1", "b:", "--refresh", "--stateless", contains="container_incremental_copy")
+        assert a.call("GET", "/1.0/instances/r1")["status"] == "Running" and names(b) == []
+        settle(a, b)
+        return
+
+    assert ok(client, "copy", "r1", "b:", "--refresh") == ""
+    a.exec("r1", ["sh", "-c", "echo three > /root/data; echo new > /root/added"])
+    a.call("POST", "/1.0/instances/r1/snapshots", {"name": "s1"})
+    assert ok(client, "copy", "r1", "b:", "--refresh") == ""
+    assert snapshots(b, "r1") == ["s0", "s1"]
+    assert read_file(b, "r1", "/root/added") == b"new\n"
+    b.call("PUT", "/1.0/instances/r1/state", {"action": "stop", "force": True})
+
+    a.exec("r1", ["sh", "-c", "echo four > /root/data"])
+    assert ok(client, "move", "r1", "b:", "--refresh", "--stateless") == ""
+    assert names(a) == []
+    moved = b.call("GET", "/1.0/instances/r1")
+    assert moved["status"] == "Running"
+    assert b.exec("r1", ["cat", "/root/data"])[1] == b"four\n"
+    settle(a, b)
+
+
+def test_allow_inconsistent(pair):
+    a, b, client = pair
+    make_source(a, "r1", running=True)
+    if not extension(b, "instance_allow_inconsistent_copy"):
+        fails(client, "copy", "r1", "b:", "--stateless", "--allow-inconsistent",
+              contains='"instance_allow_inconsistent_copy" API extension')
+        return
+    assert ok(client, "copy", "r1", "b:", "--stateless", "--allow-inconsistent") == ""
+    assert read_file(b, "r1") == b"two\n"
+    settle(a, b)

@@ -364,12 +364,13 @@ def test_target_killed_mid_transfer(pair, proxies, mode):
     sessions = sessions_of(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
+    assert transfer_processes(a, sessions) and transfer_processes(b, sessions)  # the check below sees them
     b.kill()
 
     src_op = m.wait_src()
     assert src_op["status"] == "Failure", src_op
-    print("SRC ERR:", src_op["err"])
-    assert "target" in src_op["err"], src_op["err"]
+    assert src_op["err"].startswith("Failed migration on source: ")
+    assert "target" in src_op["err"] and "connection" in src_op["err"].lower(), src_op["err"]
     assert_no_transfer_processes(a, sessions)
     assert_no_transfer_processes(b, sessions)  # b's rsync died with its daemon
     assert_source_intact(a, "big", digest)
@@ -378,3 +379,188 @@ def test_target_killed_mid_transfer(pair, proxies, mode):
     b.start()
     assert_target_clean(b, "big")
     assert "left half-created by an interrupted operation" in b.log()
+
+
+# --- kill -9 of the source ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_source_killed_mid_transfer(pair, proxies, mode):
+    a, b = pair
+    digest = make_big(a)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(4 * MiB)
+    a.kill()
+
+    dst_op = m.wait_dst()
+    assert dst_op["status"] == "Failure", dst_op
+    assert dst_op["err"].startswith("Error transferring instance data: ")
+    assert "source" in dst_op["err"] and "connection" in dst_op["err"].lower(), dst_op["err"]
+    assert_target_clean(b, "big")
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)
+    a.start()
+    assert_source_intact(a, "big", digest)
+
+
+# --- (b) the connection drops -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_connection_cut_mid_transfer(pair, proxies, mode):
+    a, b = pair
+    digest = make_big(a)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(4 * MiB)
+    proxy.cut()
+
+    dst_op = m.wait_dst()
+    src_op = m.wait_src()
+    assert dst_op["status"] == "Failure", dst_op
+    assert src_op["status"] == "Failure", src_op
+    # Each side says the other went away, and that it was the connection.
+    assert "source" in dst_op["err"] and "connection" in dst_op["err"].lower(), dst_op["err"]
+    assert "target" in src_op["err"] and "connection" in src_op["err"].lower(), src_op["err"]
+    assert_target_clean(b, "big")
+    assert_source_intact(a, "big", digest)
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)
+
+
+# --- (c) the connection stalls ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_stalled_connection_cancelled(pair, proxies, mode):
+    """A stalled peer (its kernel still acknowledges, nothing moves) is not detectable by TCP keepalive, and
+    Incus's protocol has no read deadline on data (transfers take hours): the migration waits. Cancelling the
+    operations must end both promptly and leave nothing behind."""
+    a, b = pair
+    digest = make_big(a)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(4 * MiB)
+    proxy.stall()
+    time.sleep(3)
+    assert m.op(a, m.src_op_id)["status"] == "Running"
+    assert m.op(b, m.dst_op_id)["status"] == "Running"
+
+    # What the Incus client does when it gives up: cancel what it waits on and the other side's operation.
+    started = time.monotonic()
+    for server, op_id in ((b, m.dst_op_id), (a, m.src_op_id)):
+        status, env = server.api("DELETE", f"/1.0/operations/{op_id}")
+        assert status == 200, env
+    dst_op = m.wait_dst()
+    src_op = m.wait_src()
+    elapsed = time.monotonic() - started
+    assert dst_op["status"] == "Cancelled", dst_op
+    assert src_op["status"] == "Cancelled", src_op
+    assert elapsed < 30, f"cancelling took {elapsed:.1f} s"
+    assert_target_clean(b, "big")
+    assert_source_intact(a, "big", digest)
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)
+
+
+# --- (d) the target's disk is full --------------------------------------------------------------------------------
+def used_bytes(path):
+    subprocess.run(["sync", "-f", path], check=False)
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_full_target_disk(pair, proxies, mode):
+    a, b = pair
+    b.call("POST", "/1.0/storage-pools", {"name": "small", "driver": "btrfs", "config": {"size": "300MiB"}})
+    small = pool_path(b, "small")
+    mounts = mounts_under(b.dir)
+    baseline = used_bytes(small)
+    digest = make_big(a, size=400 * MiB)
+    proxy = proxies(upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy, devices={"root": {"type": "disk", "path": "/", "pool": "small"}})
+
+    dst_op = m.wait_dst(120)
+    src_op = m.wait_src(120)
+    assert dst_op["status"] == "Failure", dst_op
+    assert src_op["status"] == "Failure", src_op
+    assert "No space left on device" in dst_op["err"], dst_op["err"]
+    assert "target" in src_op["err"], src_op["err"]
+    assert_target_clean(b, "big", pools=("default", "small"), mounts=mounts)
+    out = subprocess.run(["btrfs", "subvolume", "list", small], capture_output=True, text=True, check=True).stdout
+    assert "default_big" not in out, out
+    # The space comes back (btrfs frees a deleted subvolume's extents in the background).
+    deadline = time.monotonic() + 30
+    while used_bytes(small) > baseline + 16 * MiB and time.monotonic() < deadline:
+        subprocess.run(["btrfs", "subvolume", "sync", small], capture_output=True)
+        time.sleep(0.5)
+    assert used_bytes(small) <= baseline + 16 * MiB, (used_bytes(small), baseline)
+    assert_source_intact(a, "big", digest)
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)
+
+
+# --- (e) a restarted target cleans up --------------------------------------------------------------------------------
+@pytest.mark.parametrize("driver", ["dir", "btrfs"])
+def test_restart_cleans_interrupted_transfer(pair, proxies, driver):
+    """kill -9 of the target after it made a snapshot volume and while it writes the instance: on disk there
+    are a half-filled volume, a snapshot and a row marked "creating"; the restarted daemon removes them."""
+    a, b = pair
+    pool = "default"
+    overrides = {}
+    if driver == "btrfs":
+        pool = "bt"
+        b.call("POST", "/1.0/storage-pools", {"name": pool, "driver": "btrfs", "config": {"size": "1GiB"}})
+        overrides["devices"] = {"root": {"type": "disk", "path": "/", "pool": pool}}
+    mounts = mounts_under(b.dir)
+    digest = make_big(a, snapshot=True)
+    proxy = throttled(proxies, upstream_port(a, b, "pull"))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", "pull", proxy, **overrides)
+    m.wait_received(4 * MiB)
+    b.kill()
+    # What the crash left.
+    assert os.listdir(os.path.join(pool_path(b, pool), "containers")) == ["default_big"]
+    assert os.listdir(os.path.join(pool_path(b, pool), "containers-snapshots", "default_big")) == ["snap0"]
+    assert m.wait_src()["status"] == "Failure"
+    assert_no_transfer_processes(b, sessions)
+
+    b.start()
+    assert "left half-created by an interrupted operation" in b.log()
+    assert_target_clean(b, "big", pools=("default", pool), mounts=mounts)
+    if driver == "btrfs":
+        out = subprocess.run(["btrfs", "subvolume", "list", pool_path(b, pool)], capture_output=True, text=True,
+                             check=True).stdout
+        assert "default_big" not in out, out
+    assert_source_intact(a, "big", digest)
+    assert_no_transfer_processes(a, sessions)
+    # The name is free again: the same migration now succeeds.
+    proxy.throttle(0)
+    m = Migration(a, b, "big", "pull", proxy, **overrides)
+    assert m.wait_dst()["status"] == "Success"
+    assert m.wait_src()["status"] == "Success"
+    assert tree_digest(rootfs(b, "big", pool=pool)) == digest
+
+
+# --- (f) the client cancels ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_client_cancels_target_operation(pair, proxies, mode):
+    a, b = pair
+    digest = make_big(a)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    sessions = sessions_of(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(4 * MiB)
+    status, env = b.api("DELETE", f"/1.0/operations/{m.dst_op_id}")
+    assert status == 200, env
+
+    dst_op = m.wait_dst()
+    src_op = m.wait_src()
+    assert dst_op["status"] == "Cancelled", dst_op
+    assert src_op["status"] == "Failure", src_op
+    # The source learns why from the target.
+    assert "target" in src_op["err"] and "cancel" in src_op["err"].lower(), src_op["err"]
+    assert_target_clean(b, "big")
+    assert_source_intact(a, "big", digest)
+    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(b, sessions)

@@ -188,6 +188,7 @@ typedef struct {
     GMutex lock;
     GCond cond;
     gboolean reaped, aborted, cancelled;
+    gboolean killed_for_pump; /* we killed rsync because a pump failed: its death is not news */
     int pumps_running;
     GError *pump_error; /* the first failure seen by a pump */
 } Bridge;
@@ -213,6 +214,11 @@ static void bridge_abort_channel(Bridge *b)
         b->channel->abort(b->channel->channel);
 }
 
+static const char *peer_name(Bridge *b)
+{
+    return b->options->peer != NULL ? b->options->peer : "peer";
+}
+
 /* Takes error. */
 static void bridge_fail(Bridge *b, GError *error)
 {
@@ -221,6 +227,7 @@ static void bridge_fail(Bridge *b, GError *error)
         b->pump_error = error;
     else
         g_error_free(error);
+    b->killed_for_pump = TRUE;
     g_mutex_unlock(&b->lock);
     /* Stop first, so the pumps take what follows for the consequence it is, not for another failure. */
     g_cancellable_cancel(b->stop);
@@ -297,7 +304,7 @@ static gpointer pump_out(gpointer data)
         }
         GError *error = NULL;
         if (!b->channel->write(b->channel->channel, buf, (gsize)n, &error)) {
-            g_prefix_error(&error, "Failed to send to the migration peer: ");
+            g_prefix_error(&error, "Failed to send to the migration %s: ", peer_name(b));
             bridge_fail(b, error);
             break;
         }
@@ -364,7 +371,7 @@ static gpointer pump_in(gpointer data)
             } else {
                 if (error == NULL)
                     g_set_error(&error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Unknown error");
-                g_prefix_error(&error, "Failed to receive from the migration peer: ");
+                g_prefix_error(&error, "Failed to receive from the migration %s: ", peer_name(b));
                 bridge_fail(b, error);
             }
             break;
@@ -637,14 +644,15 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     /* Killed by us after a pump failure: the pump knows why. Otherwise rsync's own words come first. */
     if (pump_error != NULL && (rsync_said == NULL || !exited)) {
         g_string_append(message, pump_error->message);
-        if (rsync_said != NULL)
+        /* "killed by signal 9" after we killed it would send the reader after the wrong culprit. */
+        if (rsync_said != NULL && !b.killed_for_pump)
             g_string_append_printf(message, " (%s)", rsync_said);
     } else if (rsync_said != NULL) {
         g_string_append(message, rsync_said);
         if (pump_error != NULL)
             g_string_append_printf(message, " (%s)", pump_error->message);
     } else {
-        g_string_append(message, "the migration peer did not end its rsync stream");
+        g_string_append_printf(message, "the migration %s did not end its rsync stream", peer_name(&b));
     }
     g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, message->str);
     return FALSE;

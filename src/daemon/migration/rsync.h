@@ -56,6 +56,8 @@ typedef struct {
      * misparse a sender's -H file list and Incus's sender never sends one, so never set this against
      * Incus; both sides must agree (e.g. both offered ferry's own header field). */
     gboolean hard_links;
+    /* Who is at the other end of the channel, for errors ("target", "source"); NULL: "peer". */
+    const char *peer;
 } FerryRsyncOptions;
 
 /* Send the contents of source_dir (an absolute directory; its contents, like a trailing "/") as ONE rsync

@@ -45,6 +45,7 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
     }
     FerryByteChannel channel = {channel_read, channel_write, channel_end, channel_abort, fs};
     FerryRsyncOptions pass = *options;
+    pass.peer = sending ? "target" : "source";
     if (progress != NULL) {
         pass.progress = on_bytes;
         pass.progress_data = progress;
