@@ -1,6 +1,7 @@
 #!/bin/bash
 # demo.sh - what `make demo` shows: two local ferry servers, each with its own FERRY_DIR and loopback HTTPS
-# port, added as remotes of the CLI; a busybox container launched on the first one, running.
+# port, added as remotes of the CLI; a busybox container launched on the first one, moved to the second
+# while stopped, and moved back while running (--stateless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -66,6 +67,18 @@ run "$FERRY" launch a:busybox a:c1
 run "$FERRY" exec a:c1 -- sh -c 'echo "hello from $(hostname), pid 1 is $(cat /proc/1/comm)"'
 run "$FERRY" list a:
 run "$FERRY" list b:
+
+say "moving the stopped container from a to b"
+run "$FERRY" stop a:c1
+run "$FERRY" move a:c1 b:c1
+run "$FERRY" list a:
+run "$FERRY" list b:
+
+say "moving it back while it runs (--stateless: copied while running, then stopped here and started there)"
+run "$FERRY" start b:c1
+run "$FERRY" move b:c1 a:c1 --stateless
+run "$FERRY" list a:
+run "$FERRY" exec a:c1 -- cat /proc/1/comm
 cat <<MSG
 
 The servers keep running (logs: $DEMO/a.log, $DEMO/b.log). Try:
