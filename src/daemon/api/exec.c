@@ -183,7 +183,9 @@ static void on_output_read(GObject *source, GAsyncResult *result, gpointer user_
 
 static void read_next_output(OutputPump *pump)
 {
-    g_input_stream_read_bytes_async(pump->stream, 65536, G_PRIORITY_DEFAULT, NULL, on_output_read, pump);
+    /* Cancelled when the session ends: output still held open by a background process must not outlive it. */
+    g_input_stream_read_bytes_async(pump->stream, 65536, G_PRIORITY_DEFAULT, pump->session->cancellable,
+                                    on_output_read, pump);
 }
 
 static void start_output(ExecSession *session, int fd, SoupWebsocketConnection *channel, gboolean close_fd)
