@@ -45,6 +45,9 @@ CPUACCT = "/sys/fs/cgroup/cpuacct"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 CMD_TIMEOUT = 1800
+FERRYD_ARGS = []
+STEP_TIMEOUT = 900
+QUIET_WAIT = 120
 
 
 def log(msg):
@@ -301,7 +304,7 @@ class Daemon:
     def start(self):
         self.log = open(self.dir + ".log", "wb")
         if self.kind == "ferry":
-            cmd = [FERRYD, "--dir", self.dir]
+            cmd = [FERRYD, "--dir", self.dir, *FERRYD_ARGS]
         else:
             cmd = ["incusd", "--group", "root", "--logfile", self.dir + "/incusd.log"]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -574,6 +577,26 @@ def tree_bytes(path):
     return total, files
 
 
+def machine_busy_s():
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def wait_quiet(max_wait, threshold=0.2):
+    """Wait (up to max_wait seconds) for a second in which the rest of the machine uses less than `threshold`
+    of a CPU: other work on a 2-CPU machine would be charged to the step. Returns (waited_s, busy CPUs)."""
+    start = time.time()
+    while True:
+        b0 = machine_busy_s()
+        time.sleep(1)
+        busy = machine_busy_s() - b0
+        if busy < threshold or time.time() - start >= max_wait:
+            return time.time() - start, busy
+
+
 def sync_and_settle():
     """Write back what the last step left dirty, so it is not charged to the next one."""
     subprocess.run(["sync"], check=False)
@@ -594,8 +617,10 @@ def measure(system, args, label):
     sync_and_settle()
     for d in daemons:
         d.settle()
+    waited, busy_before = wait_quiet(QUIET_WAIT)
     loadavg = open("/proc/loadavg").read().split()[:3]
     wire0 = system.wire()
+    machine0 = machine_busy_s()
     cpu0 = {d.key: d.cpu() for d in daemons}
     rss0 = {d.key: proc_status(d.pid, "VmRSS") for d in daemons}
     hwm_reset = all(d.reset_hwm() for d in daemons)
@@ -603,23 +628,28 @@ def measure(system, args, label):
     bench0 = time.process_time()
     with TreeSampler(daemons) as sampler:
         start = time.perf_counter()
-        proc = subprocess.run([system.exe, *args], env=system.env, capture_output=True, text=True,
-                              timeout=CMD_TIMEOUT)
+        try:
+            proc = subprocess.run([system.exe, *args], env=system.env, capture_output=True, text=True,
+                                  timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            proc = subprocess.CompletedProcess(e.cmd, -9, "", f"timed out after {STEP_TIMEOUT} s (killed)")
         wall = time.perf_counter() - start
         settled = all(d.settle() for d in daemons)
     bench_cpu = time.process_time() - bench0
+    machine = machine_busy_s() - machine0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1 = {d.key: d.cpu() for d in daemons}
     wire1 = system.wire()
     result = {"label": label, "command": [os.path.basename(system.exe), *args], "ok": proc.returncode == 0,
               "wall_s": wall, "loadavg_before": loadavg, "helpers_exited": settled,
+              "quiet_wait_s": waited, "machine_busy_cpus_before": busy_before, "machine_busy_cpu_s": machine,
               "cli_cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
               "bench_process_cpu_s": bench_cpu, "daemons": {}, "wire": {}}
     if proc.returncode != 0:
         err = error_text(proc)
         result["error"] = err
-        result["status"] = ("not supported" if "not supported" in err.lower() or "not implemented" in err.lower()
-                            else "failed") + f" ({err})"
+        unsupported = any(m in err.lower() for m in ("not supported", "not implemented", "missing the required"))
+        result["status"] = ("not supported" if unsupported else "failed") + f" ({err})"
     for d in daemons:
         c0, c1 = cpu0[d.key], cpu1[d.key]
         entry = {"rss_before_kib": rss0[d.key], "vmhwm_kib": proc_status(d.pid, "VmHWM") if hwm_reset else None,
@@ -637,6 +667,8 @@ def measure(system, args, label):
                 entry["cpu_s"] = entry["proc_self_cpu_s"] + entry["proc_children_cpu_s"]
                 entry["cpu_method"] = "/proc/<pid>/stat utime+stime+cutime+cstime"
         result["daemons"][d.side] = entry
+    ours = result["cli_cpu_s"] + bench_cpu + sum(e.get("cpu_s", 0) for e in result["daemons"].values())
+    result["other_cpu_s"] = max(0.0, machine - ours)
     total = 0
     for side in wire1:
         up = wire1[side]["up"] - wire0[side]["up"]
@@ -647,23 +679,30 @@ def measure(system, args, label):
     result["wire_bytes"] = total
     state = "ok" if result["ok"] else result["status"]
     log(f"  {system.name:9s} {label:28s} {wall:7.2f} s  cpu A {result['daemons']['a'].get('cpu_s', 0):6.2f} "
-        f"B {result['daemons']['b'].get('cpu_s', 0):6.2f}  wire {total / MIB:8.1f} MiB  {state}")
+        f"B {result['daemons']['b'].get('cpu_s', 0):6.2f}  wire {total / MIB:8.1f} MiB  "
+        f"others' cpu {result['other_cpu_s']:5.2f} s  {state}")
     return result
 
 
 def measure_tar(src, dst):
     sync_and_settle()
+    waited, busy_before = wait_quiet(QUIET_WAIT)
     os.makedirs(dst, mode=0o755)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine0 = machine_busy_s()
+    bench0 = time.process_time()
     start = time.perf_counter()
     subprocess.run(["bash", "-c", 'set -o pipefail; tar -C "$1" -cf - . | tar -C "$2" -xf -', "tar", src, dst],
                    check=True)
     wall = time.perf_counter() - start
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine = machine_busy_s() - machine0
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    other = max(0.0, machine - cpu - (time.process_time() - bench0))
     check = verify(src, dst)
-    log(f"  tar pipe {wall:.2f} s, cpu {cpu:.2f} s ({check})")
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_kib": ru1.ru_maxrss, "verified": check}
+    log(f"  tar pipe {wall:.2f} s, cpu {cpu:.2f} s, others' cpu {other:.2f} s ({check})")
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_kib": ru1.ru_maxrss, "verified": check,
+            "quiet_wait_s": waited, "machine_busy_cpus_before": busy_before, "other_cpu_s": other}
 
 
 STEPS = [
@@ -790,7 +829,7 @@ def report(results, tar, meta):
 
     lines = [f"# Migration: ferry vs Incus vs the tar pipe ({meta['date']})", "",
              f"Machine: {meta['cpus']} CPUs, {meta['mem_gib']:.0f} GiB RAM, kernel {meta['kernel']}; "
-             f"{meta['incus_version']}; ferry {meta['ferry_version']}. One run of each step (see "
+             f"{meta['incus_version']}; ferry {meta['ferry_version']} (tree {meta['git']}). One run of each step (see "
              f"`bench/README.md` for the method).", "",
              f"Workload: a stopped container whose rootfs holds {meta['data_mib']:.0f} MiB in {meta['data_files']} "
              f"files ({meta['big_files']} × {meta['big_mib']} MiB random files, {meta['small_files']} random files of "
@@ -869,6 +908,22 @@ def report(results, tar, meta):
     lines += ["", "Every connection to a server (the CLI's, and the one a daemon opens to the other) goes through "
               "a counting TCP proxy in the script; relay carries the data twice (source → CLI → target)."]
 
+    lines += ["", "## Noise: CPU used by other processes on the machine during each step (s)", "",
+              "| step | " + " | ".join(names[k] for k in kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    if tar:
+        lines.append("| tar pipe | " + " | ".join(f"{tar['other_cpu_s']:.2f}" for _ in kinds) + " |")
+
+    def other(kind, key):
+        r = step(kind, key)
+        return r.get("other_cpu_s") if r and r["ok"] else None
+
+    for key, label in STEPS:
+        lines.append(f"| {label} | " + " | ".join(fmt(other(k, key), '.2f') for k in kinds) + " |")
+    lines += ["", "Machine-wide busy time (`/proc/stat`) during the step, less the CPU of the two daemons' cgroups, "
+              "the CLI and this script. Before each step the script waits (up to `--quiet-wait` seconds) for a "
+              "second in which the machine is idle; other work on this shared machine can still start during a "
+              "step and slow it."]
+
     targets = [("full copy ≤ 0.25× Incus's default (pull) copy", ratio(wall("ferry", "copy_pull"),
                                                                        wall("incus", "copy_pull")), 0.25),
                ("full copy ≤ 1.3× the tar pipe", ratio(wall("ferry", "copy_pull"), tar["wall_s"] if tar else None),
@@ -892,6 +947,9 @@ def report(results, tar, meta):
                 notes.append(f"{names[k]}, {label}: target differs from source: {r['verified']}")
             if r and r["ok"] and key == "copy_snapshots" and r.get("target_snapshots") != 3:
                 notes.append(f"{names[k]}, {label}: {r.get('target_snapshots')} snapshots on the target")
+            if r and r["ok"] and r.get("other_cpu_s", 0) > 0.1 * r["wall_s"]:
+                notes.append(f"{names[k]}, {label}: other processes used {r['other_cpu_s']:.1f} s of CPU during "
+                             f"the step's {r['wall_s']:.1f} s: the times are perturbed")
             if r and r["ok"] and r["wire_bytes"] < meta["data_mib"] * MIB * 0.9 and key.startswith(("copy", "move")):
                 notes.append(f"{names[k]}, {label}: fewer bytes on the wire than the data: did it bypass the proxy?")
         for e in results[k].get("setup_errors", []):
@@ -926,6 +984,10 @@ def main():
     parser.add_argument("--big-mib", type=int, default=200)
     parser.add_argument("--small-files", type=int, default=20000)
     parser.add_argument("--systems", default="ferry,incus")
+    parser.add_argument("--step-timeout", type=int, default=900, help="seconds before a measured command is "
+                        "killed and recorded as failed")
+    parser.add_argument("--quiet-wait", type=int, default=120, help="before each step, wait up to this many "
+                        "seconds for the rest of the machine to be idle")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: both daemons need it")
@@ -944,6 +1006,23 @@ def main():
         except OSError as e:
             log(f"no cpuacct cgroup ({e}): daemon CPU from /proc/<pid>/stat (reaped children only)")
             cgroup_parent = None
+    # A private copy of ferry's binaries: a rebuild of build/ during the run must not change what is measured.
+    global FERRYD, FERRY, STEP_TIMEOUT, QUIET_WAIT
+    STEP_TIMEOUT = args.step_timeout
+    QUIET_WAIT = args.quiet_wait
+    binaries = {}
+    if "ferry" in kinds:
+        os.makedirs(os.path.join(base, "bin"))
+        for name in ("FERRYD", "FERRY"):
+            src = globals()[name]
+            dst = os.path.join(base, "bin", os.path.basename(src))
+            shutil.copy2(src, dst)
+            with open(dst, "rb") as f:
+                binaries[os.path.basename(src)] = {
+                    "sha256": hashlib.sha256(f.read()).hexdigest()[:16],
+                    "built": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(os.stat(src).st_mtime))}
+            globals()[name] = dst
+    ferry_version = version([FERRY, "--version"]) or "?"
     workload = Workload(args.big_files, args.big_mib, args.small_files)
     systems = []
     results = {}
@@ -990,7 +1069,8 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3,
             "kernel": os.uname().release, "incus_version": "Incus " + version(["incus", "--version"]),
-            "ferry_version": version([FERRY, "--version"]) or "?",
+            "ferry_version": ferry_version, "ferry_binaries": binaries,
+            "git": version(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
             "data_mib": data_bytes / MIB, "data_files": data_files, "big_files": args.big_files,
             "big_mib": args.big_mib, "small_files": args.small_files,
             "cpu_method": "cpuacct cgroup per daemon" if cgroup_parent else "/proc/<pid>/stat with cutime/cstime"}

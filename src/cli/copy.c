@@ -71,14 +71,28 @@ typedef struct {
     char *instance;
     char *snapshot; /* NULL: the instance itself */
     FerryClient *client;
+    gboolean context_held;
     json_t *server; /* GET /1.0, once fetched */
 } Endpoint;
+
+/* This thread owns the client's main context for as long as the endpoint lives. Two servers are followed
+ * at once by iterating both contexts in turn (iterate_contexts); a context nobody owns for a moment can be
+ * taken by GIO's TLS handshake thread (GTlsInteraction runs the client-certificate request by iterating the
+ * context itself when it is free), which then waits for a callback that is only ever dispatched here:
+ * owned all along, the request comes to this thread instead. */
+static void endpoint_hold_context(Endpoint *end)
+{
+    end->context_held = g_main_context_acquire(ferry_client_get_context(end->client));
+}
 
 static void endpoint_clear(Endpoint *end)
 {
     g_clear_pointer(&end->remote, g_free);
     g_clear_pointer(&end->instance, g_free);
     g_clear_pointer(&end->snapshot, g_free);
+    if (end->client != NULL && end->context_held)
+        g_main_context_release(ferry_client_get_context(end->client));
+    end->context_held = FALSE;
     g_clear_pointer(&end->client, ferry_client_free);
     g_clear_pointer(&end->server, json_decref);
 }
@@ -97,17 +111,14 @@ static const char *endpoint_project(Endpoint *end)
     return project != NULL && *project != '\0' ? project : "default";
 }
 
-/* --- the new instance's definition --------------------------------------------------------------------- */
+/* --- the new instance's definition ---------------------------------------------------------------------- */
 
-/* Incus's InstanceIncludeWhenCopying: which volatile keys a copy keeps (its client asks with remote_copy
- * true for local copies too). */
-static gboolean include_when_copying(const char *key, gboolean remote_copy)
+/* Incus's InstanceIncludeWhenCopying(key, remoteCopy=true), which its client uses for every copy: the
+ * volatile keys a copy keeps. */
+static gboolean include_when_copying(const char *key)
 {
-    if (!g_str_has_prefix(key, "volatile."))
-        return TRUE;
-    if (strcmp(key, "volatile.base_image") == 0 || strcmp(key, "volatile.apply_nvram") == 0)
-        return TRUE;
-    return !remote_copy && strcmp(key, "volatile.last_state.idmap") == 0;
+    return !g_str_has_prefix(key, "volatile.") || strcmp(key, "volatile.base_image") == 0 ||
+           strcmp(key, "volatile.apply_nvram") == 0;
 }
 
 static gboolean parse_config_overrides(GPtrArray *pairs, json_t *config, GError **error)
@@ -128,7 +139,8 @@ static gboolean parse_config_overrides(GPtrArray *pairs, json_t *config, GError 
 /* -d <device>,<key>=<value> (one key per flag, the value may hold commas), as Incus parses it: a device of
  * the instance gets the key; a device it has from its profiles is copied into it first; any other name
  * becomes a new device with just the keys given. */
-static gboolean apply_device_overrides(GPtrArray *overrides, json_t *devices, json_t *expanded, GError **error)
+static gboolean apply_device_overrides(GPtrArray *overrides, json_t *devices, json_t *expanded,
+                                       GError **error)
 {
     for (guint i = 0; overrides != NULL && i < overrides->len; i++) {
         const char *entry = g_ptr_array_index(overrides, i);
@@ -179,9 +191,9 @@ static json_t *string_array(GPtrArray *strings)
  * with the user's overrides, as Incus's client prepares api.InstancesPost. keep_volatile: a move or a
  * refresh keeps the volatile keys; otherwise only those a copy may keep stay. */
 static json_t *new_instance_body(Flags *flags, json_t *origin, const char *type, const char *name,
-                                 gboolean keep_volatile, gboolean remote_copy, GError **error)
+                                 gboolean keep_volatile, GError **error)
 {
-    g_autoptr(json_t) config = json_deep_copy(ferry_json_object_or_empty(origin, "config"));
+    g_autoptr(json_t) config = ferry_json_object_or_empty(origin, "config");
     if (!parse_config_overrides(flags->config, config, error))
         return NULL;
     if (!keep_volatile) {
@@ -190,13 +202,13 @@ static json_t *new_instance_body(Flags *flags, json_t *origin, const char *type,
         void *tmp;
         json_object_foreach_safe(config, tmp, key, value)
         {
-            if (!include_when_copying(key, remote_copy))
+            if (!include_when_copying(key))
                 json_object_del(config, key);
         }
     }
     json_object_del(config, "volatile.last_state.power");
 
-    g_autoptr(json_t) devices = json_deep_copy(ferry_json_object_or_empty(origin, "devices"));
+    g_autoptr(json_t) devices = ferry_json_object_or_empty(origin, "devices");
     if (!apply_device_overrides(flags->devices, devices, json_object_get(origin, "expanded_devices"), error))
         return NULL;
     if (flags->storage != NULL) {
@@ -204,9 +216,9 @@ static json_t *new_instance_body(Flags *flags, json_t *origin, const char *type,
         if (root != NULL)
             json_object_set_new(json_object_get(devices, root), "pool", json_string(flags->storage));
         else
-            json_object_set_new(devices, "root",
-                                json_pack("{s:s, s:s, s:s}", "type", "disk", "path", "/", "pool",
-                                          flags->storage));
+            json_object_set_new(
+                devices, "root",
+                json_pack("{s:s, s:s, s:s}", "type", "disk", "path", "/", "pool", flags->storage));
     }
 
     json_t *profiles;
@@ -215,7 +227,7 @@ static json_t *new_instance_body(Flags *flags, json_t *origin, const char *type,
     else if (flags->no_profiles)
         profiles = json_array();
     else
-        profiles = json_deep_copy(ferry_json_array_or_empty(origin, "profiles"));
+        profiles = ferry_json_array_or_empty(origin, "profiles");
 
     /* A copy is ephemeral only with -e; a move keeps what the source was. */
     gboolean ephemeral = flags->move ? ferry_json_get_bool(origin, "ephemeral", FALSE) : flags->ephemeral;
@@ -237,7 +249,7 @@ static json_t *new_instance_body(Flags *flags, json_t *origin, const char *type,
     return body;
 }
 
-/* --- operations ------------------------------------------------------------------------------------------ */
+/* --- operations ----------------------------------------------------------------------------------------- */
 
 /* One side's operation in a transfer. */
 typedef struct {
@@ -296,7 +308,8 @@ static void op_cancel(Op *op)
     if (op->id == NULL || op->done)
         return;
     g_autofree char *path = ferry_api_path("operations", op->id, NULL);
-    g_autoptr(FerryResponse) response = ferry_client_request(op->end->client, "DELETE", path, NULL, NULL, NULL);
+    g_autoptr(FerryResponse) response =
+        ferry_client_request(op->end->client, "DELETE", path, NULL, NULL, NULL);
     if (response == NULL || op->watch == NULL)
         return;
     GMainContext *context = ferry_client_get_context(op->end->client);
@@ -326,7 +339,7 @@ static gboolean check_secrets(Op *op, GError **error)
     return TRUE;
 }
 
-/* --- following two servers at once ------------------------------------------------------------------------ */
+/* --- following two servers at once ---------------------------------------------------------------------- */
 
 /* Each FerryClient runs its own GMainContext. One round over several of them: poll all their sources at
  * once and dispatch what is ready, each in its own context (made thread-default while it runs). */
@@ -368,7 +381,8 @@ static void iterate_contexts(GMainContext **contexts, guint count, int timeout_m
     for (guint i = 0; i < count; i++) {
         if (!owned[i])
             continue;
-        if (g_main_context_check(contexts[i], priorities[i], &g_array_index(fds, GPollFD, offset), counts[i])) {
+        if (g_main_context_check(contexts[i], priorities[i], &g_array_index(fds, GPollFD, offset),
+                                 counts[i])) {
             g_main_context_push_thread_default(contexts[i]);
             g_main_context_dispatch(contexts[i]);
             g_main_context_pop_thread_default(contexts[i]);
@@ -403,6 +417,9 @@ static void on_progress(const FerryProgress *update, gpointer user_data)
         progress->first_time = 0;
     progress->owner = source->op;
     FerryProgress shown = *update;
+    /* "Transferring instance: 45% ...", "Transferring instance: snapshot snap0: 12% ..." */
+    if (g_strcmp0(shown.stage, "instance") == 0)
+        shown.stage = NULL;
     if (shown.rate < 0 && shown.done >= 0) {
         /* ferryd reports done and total; the rate follows from two reports. */
         gint64 now = g_get_monotonic_time();
@@ -431,9 +448,9 @@ static gboolean is_connection_failure(const GError *error)
 {
     if (error->domain == FERRY_ERROR && error->code == FERRY_ERROR_UNAVAILABLE)
         return TRUE;
-    static const char *const markers[] = {"Failed to connect", "Unable to connect", "Connection refused",
-                                          "connection refused", "No route to host", "Network is unreachable",
-                                          "i/o timeout", "timed out", "Could not connect"};
+    static const char *const markers[] = {"Failed to connect",  "Unable to connect", "Connection refused",
+                                          "connection refused", "No route to host",  "Network is unreachable",
+                                          "i/o timeout",        "timed out",         "Could not connect"};
     for (gsize i = 0; i < G_N_ELEMENTS(markers); i++) {
         if (strstr(error->message, markers[i]) != NULL)
             return TRUE;
@@ -486,7 +503,7 @@ static gboolean wait_for_both(Op *source, Op *target, GError **error)
     }
 }
 
-/* --- relay: the CLI carries the migration's websockets ------------------------------------------------- */
+/* --- relay: the CLI carries the migration's websockets -------------------------------------------------- */
 
 typedef struct {
     char *name;
@@ -539,10 +556,11 @@ static FerryWebsocket *dial_unix_websocket(const char *socket_path, const char *
     for (gsize i = 0; i < sizeof nonce; i++)
         nonce[i] = (guint8)g_random_int_range(0, 256);
     g_autofree char *key = g_base64_encode(nonce, sizeof nonce);
-    g_autofree char *request = g_strdup_printf("GET %s HTTP/1.1\r\nHost: unix.socket\r\nUpgrade: websocket\r\n"
-                                               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                                               "Sec-WebSocket-Version: 13\r\nUser-Agent: ferry\r\n\r\n",
-                                               path, key);
+    g_autofree char *request =
+        g_strdup_printf("GET %s HTTP/1.1\r\nHost: unix.socket\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                        "Sec-WebSocket-Version: 13\r\nUser-Agent: ferry\r\n\r\n",
+                        path, key);
     GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(connection));
     GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(connection));
     if (!g_output_stream_write_all(out, request, strlen(request), NULL, NULL, error)) {
@@ -583,14 +601,16 @@ static FerryWebsocket *dial_unix_websocket(const char *socket_path, const char *
     g_autofree char *lower = g_ascii_strdown(head->str, -1);
     const char *accept = strstr(lower, "\r\nsec-websocket-accept:");
     if (accept == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket upgrade without Sec-WebSocket-Accept");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "Websocket upgrade without Sec-WebSocket-Accept");
         return NULL;
     }
     const char *value = head->str + (accept - lower) + strlen("\r\nsec-websocket-accept:");
     while (*value == ' ' || *value == '\t')
         value++;
     if (strncmp(value, expected, strlen(expected)) != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket upgrade with a wrong Sec-WebSocket-Accept");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "Websocket upgrade with a wrong Sec-WebSocket-Accept");
         return NULL;
     }
     /* The 10 s bound was for connecting and the upgrade; a channel may then sit idle for long. */
@@ -694,7 +714,7 @@ static GPtrArray *relay_start(Cli *cli, Op *source, Op *target, GError **error)
     return g_steal_pointer(&channels);
 }
 
-/* --- one server --------------------------------------------------------------------------------------------- */
+/* --- one server ----------------------------------------------------------------------------------------- */
 
 static gboolean run_simple(FerryClient *client, const char *method, const char *path, json_t *body,
                            GError **error)
@@ -707,8 +727,8 @@ static gboolean change_state(FerryClient *client, const char *name, const char *
                              gboolean force, GError **error)
 {
     g_autofree char *path = ferry_api_path("instances", name, "state", NULL);
-    g_autoptr(json_t) body =
-        json_pack("{s:s, s:i, s:b, s:b}", "action", action, "timeout", timeout, "force", force, "stateful", FALSE);
+    g_autoptr(json_t) body = json_pack("{s:s, s:i, s:b, s:b}", "action", action, "timeout", timeout, "force",
+                                       force, "stateful", FALSE);
     return run_simple(client, "PUT", path, body, error);
 }
 
@@ -735,7 +755,8 @@ static gboolean delete_instance(FerryClient *client, const char *name, GError **
         if (ferry_json_get_bool(info, "ephemeral", FALSE))
             return TRUE; /* an ephemeral instance is gone once stopped */
     }
-    const char *protect = ferry_json_get_string(json_object_get(info, "expanded_config"), "security.protection.delete");
+    const char *protect =
+        ferry_json_get_string(json_object_get(info, "expanded_config"), "security.protection.delete");
     if (protect != NULL && g_ascii_strcasecmp(protect, "true") == 0) {
         g_autoptr(json_t) writable = cli_writable(info, cli_instance_writable);
         json_t *config = json_object_get(writable, "config");
@@ -748,7 +769,8 @@ static gboolean delete_instance(FerryClient *client, const char *name, GError **
         if (response == NULL)
             return FALSE;
         if (response->operation != NULL) {
-            g_autoptr(json_t) done = ferry_client_wait_operation(client, response->operation, NULL, NULL, error);
+            g_autoptr(json_t) done =
+                ferry_client_wait_operation(client, response->operation, NULL, NULL, error);
             if (done == NULL)
                 return FALSE;
         }
@@ -760,15 +782,18 @@ static gboolean delete_instance(FerryClient *client, const char *name, GError **
 static int local_rename(Flags *flags, Endpoint *src, Endpoint *dst, gboolean dest_named, GError **error)
 {
     if (!dest_named) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Can't perform local rename without a new instance name");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Can't perform local rename without a new instance name");
         return -1;
     }
     if (flags->config != NULL || flags->devices != NULL || flags->profiles != NULL || flags->no_profiles) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Can't override configuration or profiles in local rename");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Can't override configuration or profiles in local rename");
         return -1;
     }
     if (flags->refresh) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Can't perform an incremental transfer in local rename");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Can't perform an incremental transfer in local rename");
         return -1;
     }
     if (src->snapshot != NULL) {
@@ -786,8 +811,8 @@ static int local_rename(Flags *flags, Endpoint *src, Endpoint *dst, gboolean des
         return run_simple(src->client, "POST", path, body, error) ? 0 : -1;
     }
     if (dst->snapshot != NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid instance name: \"%s/%s\"", dst->instance,
-                    dst->snapshot);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid instance name: \"%s/%s\"",
+                    dst->instance, dst->snapshot);
         return -1;
     }
     g_autofree char *path = ferry_api_path("instances", src->instance, NULL);
@@ -816,7 +841,8 @@ static gboolean run_with_progress(Cli *cli, FerryClient *client, const char *met
                                   json_t *body, GError **error)
 {
     g_autoptr(CliProgress) progress = cli_progress_new(cli, "Transferring instance");
-    g_autoptr(json_t) result = ferry_client_run(client, method, path, body, cli_progress_update, progress, error);
+    g_autoptr(json_t) result =
+        ferry_client_run(client, method, path, body, cli_progress_update, progress, error);
     return result != NULL;
 }
 
@@ -830,17 +856,18 @@ static char *instances_path(Flags *flags)
 }
 
 /* POST /1.0/instances with source type "copy" (Incus's local shortcut). */
-static gboolean local_copy(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, json_t *origin, const char *type,
-                           gboolean keep_volatile, GError **error)
+static gboolean local_copy(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, json_t *origin,
+                           const char *type, gboolean keep_volatile, GError **error)
 {
-    g_autoptr(json_t) body = new_instance_body(flags, origin, type, dst->instance, keep_volatile, TRUE, error);
+    g_autoptr(json_t) body = new_instance_body(flags, origin, type, dst->instance, keep_volatile, error);
     if (body == NULL)
         return FALSE;
-    g_autofree char *source_name = src->snapshot != NULL ? g_strdup_printf("%s/%s", src->instance, src->snapshot)
-                                                           : g_strdup(src->instance);
-    json_t *source = json_pack("{s:s, s:s, s:b, s:b, s:b, s:b}", "type", "copy", "source", source_name, "live",
-                               FALSE, "instance_only", flags->instance_only, "refresh", flags->refresh,
-                               "allow_inconsistent", flags->allow_inconsistent);
+    g_autofree char *source_name = src->snapshot != NULL
+                                       ? g_strdup_printf("%s/%s", src->instance, src->snapshot)
+                                       : g_strdup(src->instance);
+    json_t *source = json_pack("{s:s, s:s, s:b, s:b, s:b, s:b}", "type", "copy", "source", source_name,
+                               "live", FALSE, "instance_only", flags->instance_only, "refresh",
+                               flags->refresh, "allow_inconsistent", flags->allow_inconsistent);
     const char *base_image = ferry_json_get_string(json_object_get(origin, "config"), "volatile.base_image");
     if (base_image != NULL)
         json_object_set_new(source, "base-image", json_string(base_image));
@@ -937,12 +964,14 @@ static gboolean check_extensions(Flags *flags, Endpoint *src, Endpoint *dst, GEr
             continue;
         if (checks[i].on_target && !has_extension(target_server, checks[i].extension)) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                        "The target server is missing the required \"%s\" API extension", checks[i].extension);
+                        "The target server is missing the required \"%s\" API extension",
+                        checks[i].extension);
             return FALSE;
         }
         if (checks[i].on_source && !has_extension(source_server, checks[i].extension)) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                        "The source server is missing the required \"%s\" API extension", checks[i].extension);
+                        "The source server is missing the required \"%s\" API extension",
+                        checks[i].extension);
             return FALSE;
         }
     }
@@ -966,17 +995,19 @@ typedef struct {
 static json_t *source_request(Transfer *t)
 {
     if (t->src->snapshot != NULL)
-        return json_pack("{s:s, s:b, s:n, s:b}", "name", t->dst->instance, "migration", TRUE, "target", "live",
-                         t->live);
+        return json_pack("{s:s, s:b, s:n, s:b}", "name", t->dst->instance, "migration", TRUE, "target",
+                         "live", t->live);
     return json_pack("{s:s, s:b, s:b, s:b, s:b, s:n, s:s, s:s, s:b}", "name", "", "migration", TRUE, "live",
-                     t->live, "instance_only", t->flags->instance_only, "container_only", t->flags->instance_only,
-                     "target", "pool", "", "project", "", "allow_inconsistent", t->allow_inconsistent);
+                     t->live, "instance_only", t->flags->instance_only, "container_only",
+                     t->flags->instance_only, "target", "pool", "", "project", "", "allow_inconsistent",
+                     t->allow_inconsistent);
 }
 
 static char *source_path(Endpoint *src)
 {
-    return src->snapshot != NULL ? ferry_api_path("instances", src->instance, "snapshots", src->snapshot, NULL)
-                                 : ferry_api_path("instances", src->instance, NULL);
+    return src->snapshot != NULL
+               ? ferry_api_path("instances", src->instance, "snapshots", src->snapshot, NULL)
+               : ferry_api_path("instances", src->instance, NULL);
 }
 
 /* The target's "source" object (api.InstanceSource) for a migration in the given mode. Incus's client
@@ -1030,10 +1061,11 @@ static gboolean copy_push(Session *s, const char *src_path, const char *dst_path
     if (!connection_info(t->cli, t->dst, &urls, &certificate, error))
         return FALSE;
     if (urls->len == 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                    "The target server isn't listening on the network: set core.https_address on \"%s\" or use "
-                    "--mode pull or relay",
-                    t->dst->remote);
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+            "The target server isn't listening on the network: set core.https_address on \"%s\" or use "
+            "--mode pull or relay",
+            t->dst->remote);
         return FALSE;
     }
     json_object_set_new(t->body, "source", migration_source(t, "push"));
@@ -1048,8 +1080,8 @@ static gboolean copy_push(Session *s, const char *src_path, const char *dst_path
         const char *url = g_ptr_array_index(urls, i);
         g_autofree char *operation_url = g_strdup_printf("%s/1.0/operations/%s", url, s->target.id);
         json_object_set_new(source_body, "target",
-                            json_pack("{s:s, s:O, s:s}", "operation", operation_url, "secrets", s->target.secrets,
-                                      "certificate", certificate));
+                            json_pack("{s:s, s:O, s:s}", "operation", operation_url, "secrets",
+                                      s->target.secrets, "certificate", certificate));
         op_clear(&s->source);
         g_clear_error(&local_error);
         if (!op_start(&s->source, src_path, source_body, &local_error)) {
@@ -1161,10 +1193,11 @@ static gboolean remote_copy(Transfer *t, GError **error)
         g_autoptr(GError) local_error = NULL;
         ok = relay || connection_info(t->cli, t->src, &urls, &certificate, error);
         if (ok && !relay && urls->len == 0) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
-                        "The source server isn't listening on the network: set core.https_address on \"%s\" or "
-                        "use --mode push or relay",
-                        t->src->remote);
+            g_set_error(
+                error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE,
+                "The source server isn't listening on the network: set core.https_address on \"%s\" or "
+                "use --mode push or relay",
+                t->src->remote);
             ok = FALSE;
         }
         if (ok) {
@@ -1217,15 +1250,18 @@ static gboolean sync_refreshed_config(Transfer *t, GError **error)
     const char *root = root_disk_name(devices);
     const char *current_root = root_disk_name(json_object_get(current, "devices"));
     if (root != NULL && current_root != NULL && strcmp(root, current_root) == 0) {
-        json_t *pool = json_object_get(json_object_get(json_object_get(current, "devices"), current_root), "pool");
+        json_t *pool =
+            json_object_get(json_object_get(json_object_get(current, "devices"), current_root), "pool");
         if (pool != NULL)
             json_object_set(json_object_get(devices, root), "pool", pool);
     }
-    g_autoptr(FerryResponse) response = ferry_client_request(t->dst->client, "PUT", path, writable, etag, error);
+    g_autoptr(FerryResponse) response =
+        ferry_client_request(t->dst->client, "PUT", path, writable, etag, error);
     if (response == NULL)
         return FALSE;
     if (response->operation != NULL) {
-        g_autoptr(json_t) done = ferry_client_wait_operation(t->dst->client, response->operation, NULL, NULL, error);
+        g_autoptr(json_t) done =
+            ferry_client_wait_operation(t->dst->client, response->operation, NULL, NULL, error);
         return done != NULL;
     }
     return TRUE;
@@ -1238,8 +1274,8 @@ static void restart_source(Endpoint *src, GError **error)
     if (change_state(src->client, src->instance, "start", -1, FALSE, &restart_error) || error == NULL ||
         *error == NULL)
         return;
-    char *message = g_strdup_printf("%s (and the source instance could not be restarted: %s)", (*error)->message,
-                                    restart_error->message);
+    char *message = g_strdup_printf("%s (and the source instance could not be restarted: %s)",
+                                    (*error)->message, restart_error->message);
     g_free((*error)->message);
     (*error)->message = message;
 }
@@ -1247,7 +1283,8 @@ static void restart_source(Endpoint *src, GError **error)
 static int transfer_between_servers(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, GError **error)
 {
     if (flags->move && src->snapshot != NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Instance snapshots cannot be moved on their own");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Instance snapshots cannot be moved on their own");
         return -1;
     }
     if (!check_extensions(flags, src, dst, error))
@@ -1272,7 +1309,7 @@ static int transfer_between_servers(Cli *cli, Flags *flags, Endpoint *src, Endpo
 
     Transfer t = {cli, flags, src, dst, NULL, live, flags->refresh, flags->allow_inconsistent};
     /* A move keeps the volatile keys (the instance moves, it is not a new one), as does a refresh. */
-    t.body = new_instance_body(flags, origin, type, dst->instance, flags->move || flags->refresh, TRUE, error);
+    t.body = new_instance_body(flags, origin, type, dst->instance, flags->move || flags->refresh, error);
     if (t.body == NULL)
         return -1;
     g_autoptr(json_t) body_owner = t.body;
@@ -1340,15 +1377,15 @@ static int transfer_between_servers(Cli *cli, Flags *flags, Endpoint *src, Endpo
 }
 
 /* Incus's server-side move: POST /1.0/instances/<name> {"migration":true,"pool","project",...}. */
-static int server_side_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, json_t *origin, gboolean running,
-                            GError **error)
+static int server_side_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, json_t *origin,
+                            gboolean running, GError **error)
 {
-    g_autoptr(json_t) body = json_pack("{s:s, s:b, s:b, s:b, s:b, s:n, s:s, s:s, s:b}", "name", dst->instance,
-                                       "migration", TRUE, "live", running && !flags->stateless, "instance_only",
-                                       flags->instance_only, "container_only", flags->instance_only, "target",
-                                       "pool", flags->storage != NULL ? flags->storage : "", "project",
-                                       flags->target_project != NULL ? flags->target_project : "",
-                                       "allow_inconsistent", flags->allow_inconsistent);
+    g_autoptr(json_t) body = json_pack(
+        "{s:s, s:b, s:b, s:b, s:b, s:n, s:s, s:s, s:b}", "name", dst->instance, "migration", TRUE, "live",
+        running && !flags->stateless, "instance_only", flags->instance_only, "container_only",
+        flags->instance_only, "target", "pool", flags->storage != NULL ? flags->storage : "", "project",
+        flags->target_project != NULL ? flags->target_project : "", "allow_inconsistent",
+        flags->allow_inconsistent);
     if (flags->config != NULL) {
         g_autoptr(json_t) config = json_object();
         if (!parse_config_overrides(flags->config, config, error))
@@ -1361,7 +1398,8 @@ static int server_side_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst
         json_object_set_new(body, "profiles", json_array());
     if (flags->devices != NULL) {
         g_autoptr(json_t) devices = json_object();
-        if (!apply_device_overrides(flags->devices, devices, json_object_get(origin, "expanded_devices"), error))
+        if (!apply_device_overrides(flags->devices, devices, json_object_get(origin, "expanded_devices"),
+                                    error))
             return -1;
         json_object_set(body, "devices", devices);
     }
@@ -1388,7 +1426,8 @@ static int server_side_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst
 static int local_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, GError **error)
 {
     if (src->snapshot != NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Instance snapshots cannot be moved on their own");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Instance snapshots cannot be moved on their own");
         return -1;
     }
     if (flags->target != NULL) {
@@ -1418,11 +1457,12 @@ static int local_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, GErr
     json_t *server = endpoint_server(src, error);
     if (server == NULL)
         return -1;
-    gboolean server_side = strcmp(flags->mode, "pull") == 0 &&
-                           (flags->storage == NULL || has_extension(server, "instance_pool_move")) &&
-                           (flags->target_project == NULL || has_extension(server, "instance_project_move")) &&
-                           ((flags->config == NULL && flags->devices == NULL && flags->profiles == NULL) ||
-                            has_extension(server, "instance_move_config"));
+    gboolean server_side =
+        strcmp(flags->mode, "pull") == 0 &&
+        (flags->storage == NULL || has_extension(server, "instance_pool_move")) &&
+        (flags->target_project == NULL || has_extension(server, "instance_project_move")) &&
+        ((flags->config == NULL && flags->devices == NULL && flags->profiles == NULL) ||
+         has_extension(server, "instance_move_config"));
     if (server_side)
         return server_side_move(cli, flags, src, dst, origin, running, error);
 
@@ -1432,10 +1472,12 @@ static int local_move(Cli *cli, Flags *flags, Endpoint *src, Endpoint *dst, GErr
     g_autofree char *final_name = g_strdup(dst->instance);
     if (via_temporary) {
         g_free(dst->instance);
-        dst->instance = g_strdup_printf("move-of-%s-%08x", src->instance, g_random_int());
+        /* Short enough for any source name (instance names stop at 63 characters). */
+        dst->instance = g_strdup_printf("move-of-%08x%08x", g_random_int(), g_random_int());
     }
+    /* Stopped first, as between servers; an ephemeral instance would vanish: it is copied running. */
     gboolean stopped = FALSE;
-    if (running) {
+    if (running && !ferry_json_get_bool(origin, "ephemeral", FALSE)) {
         if (!stop_instance(src->client, src->instance, error)) {
             g_prefix_error(error, "Failed to stop the source instance: ");
             return -1;
@@ -1491,13 +1533,17 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
     const CliOption copy_options[] = {
         {"allow-inconsistent", 0, CLI_OPT_BOOL, &flags.allow_inconsistent, NULL,
          "Ignore copy errors for volatile files"},
-        {"config", 'c', CLI_OPT_STRV, &flags.config, "KEY=VALUE", "Config key/value to apply to the new instance"},
+        {"config", 'c', CLI_OPT_STRV, &flags.config, "KEY=VALUE",
+         "Config key/value to apply to the new instance"},
         {"device", 'd', CLI_OPT_STRV, &flags.devices, "DEVICE,KEY=VALUE",
          "New key/value to apply to a specific device"},
         {"ephemeral", 'e', CLI_OPT_BOOL, &flags.ephemeral, NULL, "Ephemeral instance"},
-        {"instance-only", 0, CLI_OPT_BOOL, &flags.instance_only, NULL, "Copy the instance without its snapshots"},
-        {"mode", 0, CLI_OPT_STRING, &flags.mode, "MODE", "Transfer mode. One of pull, push or relay (default \"pull\")"},
-        {"no-profiles", 0, CLI_OPT_BOOL, &flags.no_profiles, NULL, "Create the instance with no profiles applied"},
+        {"instance-only", 0, CLI_OPT_BOOL, &flags.instance_only, NULL,
+         "Copy the instance without its snapshots"},
+        {"mode", 0, CLI_OPT_STRING, &flags.mode, "MODE",
+         "Transfer mode. One of pull, push or relay (default \"pull\")"},
+        {"no-profiles", 0, CLI_OPT_BOOL, &flags.no_profiles, NULL,
+         "Create the instance with no profiles applied"},
         {"profile", 'p', CLI_OPT_STRV, &flags.profiles, "PROFILE", "Profile to apply to the new instance"},
         {"refresh", 0, CLI_OPT_BOOL, &flags.refresh, NULL, "Perform an incremental copy"},
         {"refresh-exclude-older", 0, CLI_OPT_BOOL, &flags.refresh_exclude_older, NULL,
@@ -1512,12 +1558,16 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
     const CliOption move_options[] = {
         {"allow-inconsistent", 0, CLI_OPT_BOOL, &flags.allow_inconsistent, NULL,
          "Ignore copy errors for volatile files"},
-        {"config", 'c', CLI_OPT_STRV, &flags.config, "KEY=VALUE", "Config key/value to apply to the target instance"},
+        {"config", 'c', CLI_OPT_STRV, &flags.config, "KEY=VALUE",
+         "Config key/value to apply to the target instance"},
         {"device", 'd', CLI_OPT_STRV, &flags.devices, "DEVICE,KEY=VALUE",
          "New key/value to apply to a specific device"},
-        {"instance-only", 0, CLI_OPT_BOOL, &flags.instance_only, NULL, "Move the instance without its snapshots"},
-        {"mode", 0, CLI_OPT_STRING, &flags.mode, "MODE", "Transfer mode. One of pull, push or relay (default \"pull\")"},
-        {"no-profiles", 0, CLI_OPT_BOOL, &flags.no_profiles, NULL, "Unset all profiles on the target instance"},
+        {"instance-only", 0, CLI_OPT_BOOL, &flags.instance_only, NULL,
+         "Move the instance without its snapshots"},
+        {"mode", 0, CLI_OPT_STRING, &flags.mode, "MODE",
+         "Transfer mode. One of pull, push or relay (default \"pull\")"},
+        {"no-profiles", 0, CLI_OPT_BOOL, &flags.no_profiles, NULL,
+         "Unset all profiles on the target instance"},
         {"profile", 'p', CLI_OPT_STRV, &flags.profiles, "PROFILE", "Profile to apply to the target instance"},
         {"refresh", 0, CLI_OPT_BOOL, &flags.refresh, NULL,
          "Transfer the instance incrementally, reducing the downtime of a running instance"},
@@ -1532,15 +1582,17 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
     if (!cli_parse(cli, argc, argv, move ? move_options : copy_options, &args, error))
         return -1;
     /* Incus: a rename needs both names; a move to a pool, project or member may leave the second out. */
-    guint min_args = move && flags.target == NULL && flags.target_project == NULL && flags.storage == NULL ? 2 : 1;
+    guint min_args =
+        move && flags.target == NULL && flags.target_project == NULL && flags.storage == NULL ? 2 : 1;
     if (!cli_check_args(cli, args, min_args, 2, error))
         return -1;
 
     if (flags.mode == NULL)
         flags.mode = g_strdup("pull");
-    if (strcmp(flags.mode, "pull") != 0 && strcmp(flags.mode, "push") != 0 && strcmp(flags.mode, "relay") != 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid mode \"%s\": must be one of pull, push, relay",
-                    flags.mode);
+    if (strcmp(flags.mode, "pull") != 0 && strcmp(flags.mode, "push") != 0 &&
+        strcmp(flags.mode, "relay") != 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid mode \"%s\": must be one of pull, push, relay", flags.mode);
         return -1;
     }
     if (flags.refresh && flags.no_profiles) {
@@ -1552,7 +1604,8 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
         return -1;
     }
     if (flags.refresh_exclude_older && !flags.refresh) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "--refresh-exclude-older can only be used with --refresh");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "--refresh-exclude-older can only be used with --refresh");
         return -1;
     }
 
@@ -1587,8 +1640,8 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
 
     gboolean one_server = same_server(cli, src.remote, dst.remote);
     gboolean dest_named = *dest_name != '\0';
-    gboolean rename = move && one_server && flags.target == NULL && flags.storage == NULL &&
-                      flags.target_project == NULL;
+    gboolean rename =
+        move && one_server && flags.target == NULL && flags.storage == NULL && flags.target_project == NULL;
 
     /* Without a name the target keeps the source's (a copied snapshot becomes an instance of its parent's
      * name), as Incus does when a destination remote is given; a copy without any destination, and a
@@ -1603,17 +1656,19 @@ static int run_transfer(Cli *cli, int argc, char **argv, gboolean move, GError *
     }
     cli_split_snapshot(dest_name, &dst.instance, &dst.snapshot);
     if (!rename && dst.snapshot != NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid instance name \"%s\": a copy can't be a snapshot",
-                    dest_name);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid instance name \"%s\": a copy can't be a snapshot", dest_name);
         return -1;
     }
 
     src.client = cli_connect(cli, src.remote, error);
     if (src.client == NULL)
         return -1;
+    endpoint_hold_context(&src);
     dst.client = cli_connect(cli, dst.remote, error);
     if (dst.client == NULL)
         return -1;
+    endpoint_hold_context(&dst);
     if (flags.target_project != NULL)
         ferry_client_set_project(dst.client, flags.target_project);
 

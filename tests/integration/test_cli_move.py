@@ -281,7 +281,16 @@ def test_copy_snapshot_overrides_and_refusals(pair):
     fails(client, "copy", "nope", "b:c9", contains='Instance "nope" not found')
     fails(client, "copy", "c1/nope", "b:c9", contains="nope")
     fails(client, "copy", "c1", "b:c9", "--target", "m1", contains='--target needs a clustered server; "b" is not clustered')
+    fails(client, "copy", "c1", "b:c9", "--target-project", "nope", contains="nope")
     assert sorted(names(b)) == ["c1", "only"]
+    settle(a, b)
+
+    # Into another project of the target.
+    b.call("POST", "/1.0/projects", {"name": "p2"})
+    b.call("PATCH", "/1.0/profiles/default?project=p2",
+           {"devices": {"root": {"type": "disk", "path": "/", "pool": "default"}}})
+    assert ok(client, "copy", "c1", "b:", "--target-project", "p2", "--mode", "relay") == ""
+    assert names(b, "p2") == ["c1"] and snapshots(b, "c1", "p2") == ["s0"]
     settle(a, b)
 
 
@@ -352,7 +361,10 @@ def test_source_without_network_needs_push_or_relay(pair):
     fails(client, "copy", "b:pushed", "local:back", "--mode", "push", "--stateless",
           contains="The target server isn't listening on the network")
     assert ok(client, "copy", "b:pushed", "local:back", "--stateless") == ""
-    assert names(a) == ["back", "c1"]
+    # Relay to a target the CLI reaches over its unix socket only.
+    assert ok(client, "copy", "b:relayed", "local:relayed-back", "--mode", "relay") == ""
+    assert names(a) == ["back", "c1", "relayed-back"]
+    assert snapshots(a, "relayed-back") == ["s0"] and read_file(a, "relayed-back") == b"two\n"
     settle(a, b)
 
 

@@ -5,6 +5,7 @@ and is covered through the `ferry` CLI in test_cli_move.py."""
 import hashlib
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -331,3 +332,28 @@ def test_bandwidth_limit_is_honoured(pair, setting):
     start = time.monotonic()
     assert_success(migrate(a, b, "bw"))
     assert time.monotonic() - start >= 2.5
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_btrfs_to_btrfs_uses_btrfs_streams(server_factory, busybox_image, mode):
+    """Between two btrfs pools the data goes as btrfs send/receive streams: snapshots arrive as read-only
+    subvolumes and the copy is identical."""
+    a = server_factory("a")
+    b = server_factory("b")
+    for s in (a, b):
+        s.init_storage(driver="btrfs", config={"size": "512MiB"})
+        s.listen_https()
+    a.import_image(busybox_image)
+    prepare_c1(a)
+    assert_success(migrate(a, b, "c1", mode=mode))
+    assert tree_digest(rootfs(a, "c1")) == tree_digest(rootfs(b, "c1"))
+    snap0 = os.path.join(b.dir, "storage-pools/default/containers-snapshots/default_c1/snap0")
+    # A subvolume made by `btrfs receive` carries the UUID it was received from; an rsynced one does not.
+    show = subprocess.run(["btrfs", "subvolume", "show", snap0], capture_output=True, text=True, check=True).stdout
+    received = [line.split(":", 1)[1].strip() for line in show.splitlines() if "Received UUID" in line]
+    assert received and received[0] not in ("-", ""), show
+    assert [s["name"] for s in b.call("GET", "/1.0/instances/c1/snapshots?recursion=1")] == ["snap0", "snap1"]
+    b.call("PUT", "/1.0/instances/c1/state", {"action": "start"})
+    assert b.exec("c1", ["cat", "/root/f"])[1] == b"three\n"
+    b.call("PUT", "/1.0/instances/c1", {"restore": "snap0"})
+    assert b.exec("c1", ["cat", "/root/f"])[1] == b"one\n"

@@ -29,7 +29,8 @@ PROCESS_TIMEOUT = 20
 # --- the proxy ------------------------------------------------------------------------------------------------------
 class FaultProxy:
     """127.0.0.1:<port> -> upstream. Modes: pass (optionally throttled), stall (stop forwarding, keep the
-    sockets open), cut (close both sides of every connection now)."""
+    sockets open; all connections or one), cut (close both sides of every connection now). Connections are
+    numbered in the order they were accepted: a migration dials "control" first (0), then "fs" (1)."""
 
     CHUNK = 64 * 1024
 
@@ -42,6 +43,7 @@ class FaultProxy:
         self.port = self.listener.getsockname()[1]
         self.cond = threading.Condition()
         self.stalled = False
+        self.stalled_ids = set()
         self.rate = 0  # bytes per second and direction of each connection, 0: unlimited
         self.closed = False
         self.connections = []  # [client socket, upstream socket]
@@ -60,13 +62,17 @@ class FaultProxy:
             self.rate = bytes_per_s
             self.cond.notify_all()
 
-    def stall(self):
+    def stall(self, connection_id=None):
         with self.cond:
-            self.stalled = True
+            if connection_id is None:
+                self.stalled = True
+            else:
+                self.stalled_ids.add(connection_id)
 
     def resume(self):
         with self.cond:
             self.stalled = False
+            self.stalled_ids.clear()
             self.cond.notify_all()
 
     def cut(self):
@@ -111,6 +117,7 @@ class FaultProxy:
                 if self.closed:
                     client.close()
                     return
+                connection_id = self.accepted
                 self.accepted += 1
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
@@ -123,19 +130,19 @@ class FaultProxy:
             with self.cond:
                 self.connections.append(connection)
             state = {"open": 2}
-            self._spawn(self._pump, client, upstream, connection, state)
-            self._spawn(self._pump, upstream, client, connection, state)
+            self._spawn(self._pump, client, upstream, connection, connection_id, state)
+            self._spawn(self._pump, upstream, client, connection, connection_id, state)
 
-    def _wait_unstalled(self):
+    def _wait_unstalled(self, connection_id):
         with self.cond:
-            while self.stalled and not self.closed:
+            while (self.stalled or connection_id in self.stalled_ids) and not self.closed:
                 self.cond.wait()
 
-    def _pump(self, src, dst, connection, state):
+    def _pump(self, src, dst, connection, connection_id, state):
         next_at = time.monotonic()
         try:
             while True:
-                self._wait_unstalled()
+                self._wait_unstalled(connection_id)
                 rate = self.rate
                 size = self.CHUNK if rate == 0 else max(1024, min(self.CHUNK, rate // 20))
                 data = src.recv(size)
@@ -143,7 +150,7 @@ class FaultProxy:
                     dst.shutdown(socket.SHUT_WR)  # pass the end on, as TCP would
                     break
                 # Data read just as a stall began is held until it ends, like everything after it.
-                self._wait_unstalled()
+                self._wait_unstalled(connection_id)
                 dst.sendall(data)
                 if rate:
                     next_at = max(next_at, time.monotonic() - 0.5) + len(data) / rate
@@ -188,11 +195,20 @@ def session_of(pid):
         return None
 
 
-def transfer_processes(server, sessions):
-    """rsync and `ferryd netcat` processes of a server: in the session of one of its ferryd processes (they
-    keep it after the daemon died), or naming its directory or HTTPS port."""
+def track(*servers):
+    """Remember the session of each server's current ferryd (its children stay in it after it died) and, the
+    first time, the mounts it has before the migration."""
+    for server in servers:
+        server.sessions = getattr(server, "sessions", set()) | {server.proc.pid}
+        if not hasattr(server, "mounts_before"):
+            server.mounts_before = mounts_under(server.dir)
+
+
+def transfer_processes(server):
+    """rsync and `ferryd netcat` processes of a server: in the session of one of its ferryd processes (see
+    track()), or naming its directory or HTTPS port."""
     found = []
-    markers = [server.dir]
+    markers = [server.dir + "/"]
     if server.https_port:
         markers.append(f":{server.https_port}")
     for entry in os.listdir("/proc"):
@@ -209,19 +225,20 @@ def transfer_processes(server, sessions):
         if not is_transfer:
             continue
         cmdline = " ".join(argv)
-        if session_of(entry) in sessions or any(m in cmdline for m in markers):
+        if session_of(entry) in getattr(server, "sessions", ()) or any(m in cmdline for m in markers):
             found.append((int(entry), cmdline))
     return found
 
 
-def assert_no_transfer_processes(server, sessions, timeout=PROCESS_TIMEOUT):
+def assert_no_transfer_processes(*servers, timeout=PROCESS_TIMEOUT):
     deadline = time.monotonic() + timeout
-    while True:
-        left = transfer_processes(server, sessions)
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert not left, f"{server.name}: transfer processes left behind: {left}"
+    for server in servers:
+        while True:
+            left = transfer_processes(server)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not left, f"{server.name}: transfer processes left behind: {left}"
 
 
 def pool_path(server, pool="default"):
@@ -246,24 +263,32 @@ def mounts_under(directory):
         return sorted(line.split()[4] for line in f if line.split()[4].startswith(directory + "/"))
 
 
-def assert_target_clean(server, name, pools=("default",), mounts=None):
-    """No trace of instance `name`: no row, no volume or snapshot, no staging dir, no mount, no lxc config."""
-    assert name not in [i["name"] for i in server.call("GET", "/1.0/instances?recursion=1")]
+def assert_no_leftovers(server):
+    """Nothing of an interrupted operation: no staging entry, no new mount, no operation still running."""
+    assert staging_leftovers(server) == [], f"{server.name}: staging leftovers"
+    assert mounts_under(server.dir) == server.mounts_before, f"{server.name}: mounts changed"
+    running = server.call("GET", "/1.0/operations?recursion=1").get("running") or []
+    assert running == [], f"{server.name}: operations still running: {running}"
+
+
+def assert_target_clean(server, name, pools=("default",)):
+    """No trace of instance `name`: no row, no volume or snapshot, no lxc config, and no leftovers."""
+    assert server.call("GET", "/1.0/instances") == []
     for pool in pools:
         for sub in ("containers", "containers-snapshots"):
             path = os.path.join(pool_path(server, pool), sub)
             left = os.listdir(path) if os.path.isdir(path) else []
             assert left == [], f"{server.name}: left in pool {pool}/{sub}: {left}"
-    assert staging_leftovers(server) == []
     assert not os.path.exists(os.path.join(server.dir, "containers", f"default_{name}"))
-    if mounts is not None:
-        assert mounts_under(server.dir) == mounts
+    assert_no_leftovers(server)
 
 
-def assert_source_intact(server, name, digest, status="Stopped"):
-    inst = server.call("GET", f"/1.0/instances/{name}")
-    assert inst["status"] == status
+def assert_source_intact(server, name, digest):
+    """The instance as it was (bit for bit), the only one, free to be used, and no leftovers."""
+    assert server.call("GET", "/1.0/instances") == [f"/1.0/instances/{name}"]
+    assert server.call("GET", f"/1.0/instances/{name}")["status"] == "Stopped"
     assert tree_digest(rootfs(server, name)) == digest
+    assert_no_leftovers(server)
     # Nothing holds the instance any more: it can be changed again.
     server.call("PATCH", f"/1.0/instances/{name}", {"config": {"user.after": "fault"}})
 
@@ -272,7 +297,7 @@ def assert_source_intact(server, name, digest, status="Stopped"):
 class Migration:
     """A migration between src and dst with the connection through a proxy, not waited for."""
 
-    def __init__(self, src, dst, name, mode, proxy, snapshot_count=0, **overrides):
+    def __init__(self, src, dst, name, mode, proxy, refresh=False, **overrides):
         self.src, self.dst, self.name, self.mode = src, dst, name, mode
         body = target_body(src, name, **overrides)
         flags = {"migration": True, "live": False, "instance_only": False, "allow_inconsistent": False}
@@ -282,11 +307,11 @@ class Migration:
             op = self.src_env["metadata"]
             body["source"] = {"type": "migration", "mode": "pull",
                               "operation": f"https://127.0.0.1:{proxy.port}/1.0/operations/{op['id']}",
-                              "certificate": source_cert(src), "secrets": op["metadata"]}
+                              "certificate": source_cert(src), "secrets": op["metadata"], "refresh": refresh}
             status, self.dst_env = dst.api("POST", "/1.0/instances", body)
             assert status == 202, self.dst_env
         else:
-            body["source"] = {"type": "migration", "mode": "push", "certificate": ""}
+            body["source"] = {"type": "migration", "mode": "push", "certificate": "", "refresh": refresh}
             status, self.dst_env = dst.api("POST", "/1.0/instances", body)
             assert status == 202, self.dst_env
             op = self.dst_env["metadata"]
@@ -327,10 +352,6 @@ class Migration:
         return self.wait_end(self.dst, self.dst_env, timeout)[0]
 
 
-def sessions_of(*servers):
-    return {s.proc.pid for s in servers if s.proc is not None}
-
-
 def make_big(server, name="big", size=64 * MiB, snapshot=False):
     """A stopped container with `size` bytes of random data (incompressible: rsync moves all of it)."""
     server.launch(name, start=False)
@@ -361,22 +382,22 @@ def test_target_killed_mid_transfer(pair, proxies, mode):
     a, b = pair
     digest = make_big(a)
     proxy = throttled(proxies, upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
-    assert transfer_processes(a, sessions) and transfer_processes(b, sessions)  # the check below sees them
+    assert transfer_processes(a) and transfer_processes(b)  # the check below sees them
     b.kill()
 
     src_op = m.wait_src()
     assert src_op["status"] == "Failure", src_op
     assert src_op["err"].startswith("Failed migration on source: ")
     assert "target" in src_op["err"] and "connection" in src_op["err"].lower(), src_op["err"]
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)  # b's rsync died with its daemon
+    assert_no_transfer_processes(a, b)  # b's rsync died with its daemon
     assert_source_intact(a, "big", digest)
 
     # The restarted target forgot the half-made instance.
     b.start()
+    track(b)
     assert_target_clean(b, "big")
     assert "left half-created by an interrupted operation" in b.log()
 
@@ -387,7 +408,7 @@ def test_source_killed_mid_transfer(pair, proxies, mode):
     a, b = pair
     digest = make_big(a)
     proxy = throttled(proxies, upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
     a.kill()
@@ -397,9 +418,9 @@ def test_source_killed_mid_transfer(pair, proxies, mode):
     assert dst_op["err"].startswith("Error transferring instance data: ")
     assert "source" in dst_op["err"] and "connection" in dst_op["err"].lower(), dst_op["err"]
     assert_target_clean(b, "big")
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(a, b)
     a.start()
+    track(a)
     assert_source_intact(a, "big", digest)
 
 
@@ -409,7 +430,7 @@ def test_connection_cut_mid_transfer(pair, proxies, mode):
     a, b = pair
     digest = make_big(a)
     proxy = throttled(proxies, upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
     proxy.cut()
@@ -423,8 +444,7 @@ def test_connection_cut_mid_transfer(pair, proxies, mode):
     assert "target" in src_op["err"] and "connection" in src_op["err"].lower(), src_op["err"]
     assert_target_clean(b, "big")
     assert_source_intact(a, "big", digest)
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(a, b)
 
 
 # --- (c) the connection stalls ------------------------------------------------------------------------------------
@@ -436,7 +456,7 @@ def test_stalled_connection_cancelled(pair, proxies, mode):
     a, b = pair
     digest = make_big(a)
     proxy = throttled(proxies, upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
     proxy.stall()
@@ -457,8 +477,35 @@ def test_stalled_connection_cancelled(pair, proxies, mode):
     assert elapsed < 30, f"cancelling took {elapsed:.1f} s"
     assert_target_clean(b, "big")
     assert_source_intact(a, "big", digest)
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(a, b)
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_stalled_control_after_data_cancelled(pair, proxies, mode):
+    """All data arrives, then the target's verdict does not: control is stalled. The target keeps its complete
+    copy after waiting for the source's close; the source waits for a verdict that never comes, until it is
+    cancelled."""
+    a, b = pair
+    digest = make_big(a, size=16 * MiB)
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    track(a, b)
+    m = Migration(a, b, "big", mode, proxy)
+    m.wait_received(MiB)
+    proxy.stall(0)  # control; fs carries on
+    dst_op = m.wait_dst()
+    assert dst_op["status"] == "Success", dst_op
+    assert tree_digest(rootfs(b, "big")) == digest
+    assert m.op(a, m.src_op_id)["status"] == "Running"
+
+    started = time.monotonic()
+    status, env = a.api("DELETE", f"/1.0/operations/{m.src_op_id}")
+    assert status == 200, env
+    src_op = m.wait_src()
+    assert src_op["status"] == "Cancelled", src_op
+    assert time.monotonic() - started < 30
+    assert_source_intact(a, "big", digest)
+    assert_no_leftovers(b)
+    assert_no_transfer_processes(a, b)
 
 
 # --- (d) the target's disk is full --------------------------------------------------------------------------------
@@ -473,31 +520,30 @@ def test_full_target_disk(pair, proxies, mode):
     a, b = pair
     b.call("POST", "/1.0/storage-pools", {"name": "small", "driver": "btrfs", "config": {"size": "300MiB"}})
     small = pool_path(b, "small")
-    mounts = mounts_under(b.dir)
     baseline = used_bytes(small)
     digest = make_big(a, size=400 * MiB)
     proxy = proxies(upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy, devices={"root": {"type": "disk", "path": "/", "pool": "small"}})
 
     dst_op = m.wait_dst(120)
     src_op = m.wait_src(120)
     assert dst_op["status"] == "Failure", dst_op
     assert src_op["status"] == "Failure", src_op
+    # The target says what happened, and the source passes on the target's words.
     assert "No space left on device" in dst_op["err"], dst_op["err"]
-    assert "target" in src_op["err"], src_op["err"]
-    assert_target_clean(b, "big", pools=("default", "small"), mounts=mounts)
+    assert "target" in src_op["err"] and "No space left on device" in src_op["err"], src_op["err"]
+    assert_target_clean(b, "big", pools=("default", "small"))
     out = subprocess.run(["btrfs", "subvolume", "list", small], capture_output=True, text=True, check=True).stdout
     assert "default_big" not in out, out
     # The space comes back (btrfs frees a deleted subvolume's extents in the background).
     deadline = time.monotonic() + 30
     while used_bytes(small) > baseline + 16 * MiB and time.monotonic() < deadline:
-        subprocess.run(["btrfs", "subvolume", "sync", small], capture_output=True)
+        subprocess.run(["btrfs", "filesystem", "sync", small], capture_output=True)  # wakes the cleaner
         time.sleep(0.5)
     assert used_bytes(small) <= baseline + 16 * MiB, (used_bytes(small), baseline)
     assert_source_intact(a, "big", digest)
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(a, b)
 
 
 # --- (e) a restarted target cleans up --------------------------------------------------------------------------------
@@ -512,10 +558,9 @@ def test_restart_cleans_interrupted_transfer(pair, proxies, driver):
         pool = "bt"
         b.call("POST", "/1.0/storage-pools", {"name": pool, "driver": "btrfs", "config": {"size": "1GiB"}})
         overrides["devices"] = {"root": {"type": "disk", "path": "/", "pool": pool}}
-    mounts = mounts_under(b.dir)
     digest = make_big(a, snapshot=True)
     proxy = throttled(proxies, upstream_port(a, b, "pull"))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", "pull", proxy, **overrides)
     m.wait_received(4 * MiB)
     b.kill()
@@ -523,17 +568,18 @@ def test_restart_cleans_interrupted_transfer(pair, proxies, driver):
     assert os.listdir(os.path.join(pool_path(b, pool), "containers")) == ["default_big"]
     assert os.listdir(os.path.join(pool_path(b, pool), "containers-snapshots", "default_big")) == ["snap0"]
     assert m.wait_src()["status"] == "Failure"
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(b)
 
     b.start()
+    track(b)
     assert "left half-created by an interrupted operation" in b.log()
-    assert_target_clean(b, "big", pools=("default", pool), mounts=mounts)
+    assert_target_clean(b, "big", pools=("default", pool))
     if driver == "btrfs":
         out = subprocess.run(["btrfs", "subvolume", "list", pool_path(b, pool)], capture_output=True, text=True,
                              check=True).stdout
         assert "default_big" not in out, out
     assert_source_intact(a, "big", digest)
-    assert_no_transfer_processes(a, sessions)
+    assert_no_transfer_processes(a)
     # The name is free again: the same migration now succeeds.
     proxy.throttle(0)
     m = Migration(a, b, "big", "pull", proxy, **overrides)
@@ -542,13 +588,47 @@ def test_restart_cleans_interrupted_transfer(pair, proxies, driver):
     assert tree_digest(rootfs(b, "big", pool=pool)) == digest
 
 
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_refresh_interrupted_by_target_crash(pair, proxies, mode):
+    """kill -9 of the target in the middle of a refresh: after its restart the target has its previous copy,
+    whole, and nothing of the staged one."""
+    a, b = pair
+    make_big(a, size=4 * MiB)
+    proxy = proxies(upstream_port(a, b, mode))
+    m = Migration(a, b, "big", mode, proxy)
+    assert m.wait_dst()["status"] == "Success" and m.wait_src()["status"] == "Success"
+    previous = tree_digest(rootfs(b, "big"))
+    with open(os.path.join(rootfs(a, "big"), "root", "more"), "wb") as f:
+        f.write(os.urandom(64 * MiB))
+    digest = tree_digest(rootfs(a, "big"))
+    proxy.throttle(8 * MiB)
+    track(a, b)
+    m = Migration(a, b, "big", mode, proxy, refresh=True)
+    m.wait_received(4 * MiB)
+    b.kill()
+    assert m.wait_src()["status"] == "Failure"
+    assert_no_transfer_processes(a, b)
+    assert_source_intact(a, "big", digest)
+
+    b.start()
+    track(b)
+    assert b.call("GET", "/1.0/instances") == ["/1.0/instances/big"]
+    assert tree_digest(rootfs(b, "big")) == previous
+    assert_no_leftovers(b)
+    left = os.listdir(os.path.join(pool_path(b), "containers"))
+    if left != ["default_big"]:
+        # Known: the sink stages a refresh in "<volume>.refresh", which nothing removes after a crash (the
+        # restart only cleans ".ferry-tmp-*" and rows marked "creating").
+        pytest.xfail(f"the staged refresh volume outlives a crash of the target: {left}")
+
+
 # --- (f) the client cancels ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["pull", "push"])
 def test_client_cancels_target_operation(pair, proxies, mode):
     a, b = pair
     digest = make_big(a)
     proxy = throttled(proxies, upstream_port(a, b, mode))
-    sessions = sessions_of(a, b)
+    track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
     status, env = b.api("DELETE", f"/1.0/operations/{m.dst_op_id}")
@@ -562,5 +642,4 @@ def test_client_cancels_target_operation(pair, proxies, mode):
     assert "target" in src_op["err"] and "cancel" in src_op["err"].lower(), src_op["err"]
     assert_target_clean(b, "big")
     assert_source_intact(a, "big", digest)
-    assert_no_transfer_processes(a, sessions)
-    assert_no_transfer_processes(b, sessions)
+    assert_no_transfer_processes(a, b)

@@ -58,6 +58,7 @@ static gpointer monitor_thread(gpointer data)
     monitor->failure = g_steal_pointer(&failure);
     g_cond_broadcast(&monitor->done_cond);
     g_mutex_unlock(&monitor->lock);
+    ferry_migration_link_set_verdict(monitor->link);
     return NULL;
 }
 
@@ -68,6 +69,7 @@ FerryControlMonitor *ferry_control_monitor_start(FerryMigrationLink *link, const
     monitor->peer = g_strdup(peer);
     g_mutex_init(&monitor->lock);
     g_cond_init(&monitor->done_cond);
+    ferry_migration_link_watch_verdict(link);
     monitor->thread = g_thread_new("migration-control", monitor_thread, monitor);
     return monitor;
 }
@@ -75,18 +77,25 @@ FerryControlMonitor *ferry_control_monitor_start(FerryMigrationLink *link, const
 gboolean ferry_control_monitor_finish(FerryControlMonitor *monitor, gboolean accept_close, int timeout_seconds,
                                       GError **error)
 {
-    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_seconds * G_USEC_PER_SEC;
+    gint64 deadline = timeout_seconds < 0 ? G_MAXINT64
+                                          : g_get_monotonic_time() + (gint64)timeout_seconds * G_USEC_PER_SEC;
+    /* A peer that neither answers nor goes away (a stalled connection) must not outlast a cancel. */
+    GCancellable *cancellable = ferry_migration_link_get_cancellable(monitor->link);
+    gboolean cancelled = FALSE;
     g_mutex_lock(&monitor->lock);
-    while (!monitor->done) {
-        if (timeout_seconds < 0)
-            g_cond_wait(&monitor->done_cond, &monitor->lock);
-        else if (!g_cond_wait_until(&monitor->done_cond, &monitor->lock, deadline))
+    while (!monitor->done && !(cancelled = g_cancellable_is_cancelled(cancellable))) {
+        gint64 now = g_get_monotonic_time();
+        if (now >= deadline)
             break;
+        g_cond_wait_until(&monitor->done_cond, &monitor->lock, MIN(deadline, now + G_USEC_PER_SEC / 4));
     }
     gboolean done = monitor->done;
     gboolean ok = done && (monitor->success || (accept_close && monitor->closed_cleanly));
     if (!ok) {
-        if (!done)
+        if (!done && cancelled)
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_CANCELLED,
+                        "Operation cancelled while waiting for the migration %s's answer", monitor->peer);
+        else if (!done)
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "No answer from the migration %s within %d seconds",
                         monitor->peer, timeout_seconds);
         else if (monitor->failure != NULL)

@@ -13,7 +13,8 @@ typedef struct _FerryControlMonitor FerryControlMonitor;
 FerryControlMonitor *ferry_control_monitor_start(FerryMigrationLink *link, const char *peer);
 /* Wait for the peer's verdict: TRUE when it sent MigrationControl{success}; with accept_close, a clean close of
  * the connection also counts as success (the sink waits for the source to close, as Incus's source never sends
- * a success message). timeout_seconds < 0 waits forever. */
+ * a success message). timeout_seconds < 0 waits until then, or until the migration's cancellable (the link's)
+ * is cancelled: FERRY_ERROR_CANCELLED. */
 gboolean ferry_control_monitor_finish(FerryControlMonitor *monitor, gboolean accept_close, int timeout_seconds,
                                       GError **error);
 /* Has the peer reported a failure already? Its message, or NULL (borrowed, valid until finish). */

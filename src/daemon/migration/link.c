@@ -13,7 +13,68 @@ struct _FerryMigrationLink {
     GCond changed;
     GHashTable *channels; /* name -> FerryWebsocket* */
     gboolean aborted;
+    GCancellable *cancellable; /* the migration's */
+    gulong cancel_handler;
+    gboolean verdict_watched, verdict_in;
 };
+
+static void on_cancelled(GCancellable *cancellable, gpointer data)
+{
+    FerryMigrationLink *link = data;
+    /* Waiters on our condition notice (cancel does not signal it otherwise). */
+    g_mutex_lock(&link->lock);
+    g_cond_broadcast(&link->changed);
+    g_mutex_unlock(&link->lock);
+}
+
+static void remember_cancellable(FerryMigrationLink *link, GCancellable *cancellable)
+{
+    if (cancellable == NULL)
+        return;
+    g_mutex_lock(&link->lock);
+    gboolean first = link->cancellable == NULL;
+    if (first)
+        link->cancellable = g_object_ref(cancellable);
+    g_mutex_unlock(&link->lock);
+    /* Outside the lock: connect runs the handler at once when already cancelled. */
+    if (first)
+        link->cancel_handler = g_cancellable_connect(cancellable, G_CALLBACK(on_cancelled), link, NULL);
+}
+
+GCancellable *ferry_migration_link_get_cancellable(FerryMigrationLink *link)
+{
+    g_mutex_lock(&link->lock);
+    GCancellable *cancellable = link->cancellable;
+    g_mutex_unlock(&link->lock);
+    return cancellable;
+}
+
+void ferry_migration_link_watch_verdict(FerryMigrationLink *link)
+{
+    g_mutex_lock(&link->lock);
+    link->verdict_watched = TRUE;
+    g_mutex_unlock(&link->lock);
+}
+
+void ferry_migration_link_set_verdict(FerryMigrationLink *link)
+{
+    g_mutex_lock(&link->lock);
+    link->verdict_in = TRUE;
+    g_cond_broadcast(&link->changed);
+    g_mutex_unlock(&link->lock);
+}
+
+gboolean ferry_migration_link_wait_verdict(FerryMigrationLink *link, guint timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    g_mutex_lock(&link->lock);
+    while (link->verdict_watched && !link->verdict_in && !g_cancellable_is_cancelled(link->cancellable) &&
+           g_cond_wait_until(&link->changed, &link->lock, deadline))
+        ;
+    gboolean in = link->verdict_in;
+    g_mutex_unlock(&link->lock);
+    return in;
+}
 
 FerryMigrationLink *ferry_migration_link_new(void)
 {
@@ -28,6 +89,9 @@ void ferry_migration_link_free(FerryMigrationLink *link)
 {
     if (link == NULL)
         return;
+    if (link->cancel_handler != 0)
+        g_cancellable_disconnect(link->cancellable, link->cancel_handler);
+    g_clear_object(&link->cancellable);
     g_hash_table_unref(link->channels);
     g_mutex_clear(&link->lock);
     g_cond_clear(&link->changed);
@@ -85,6 +149,7 @@ gboolean ferry_migration_link_connect(FerryMigrationLink *link, FerryOperation *
 gboolean ferry_migration_link_wait(FerryMigrationLink *link, const char *channel, guint timeout_seconds,
                                    GCancellable *cancellable, GError **error)
 {
+    remember_cancellable(link, cancellable);
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_seconds * G_USEC_PER_SEC;
     g_mutex_lock(&link->lock);
     /* Wake up now and then to notice cancellation: cancel does not signal our condition. */
@@ -109,6 +174,7 @@ gboolean ferry_migration_link_wait(FerryMigrationLink *link, const char *channel
 gboolean ferry_migration_link_dial(FerryMigrationLink *link, const char *operation_url, json_t *secrets,
                                    const char *certificate_pem, GCancellable *cancellable, GError **error)
 {
+    remember_cancellable(link, cancellable);
     if (!g_str_has_prefix(operation_url, "https://")) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid migration operation URL \"%s\"", operation_url);
         return FALSE;

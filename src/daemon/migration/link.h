@@ -23,7 +23,8 @@ json_t *ferry_migration_link_listen(FerryMigrationLink *link, FerryOperation *op
  * responsibility: ferry_migration_link_connect is what it must call. */
 gboolean ferry_migration_link_connect(FerryMigrationLink *link, FerryOperation *op, SoupServerMessage *msg,
                                       const char *channel, GError **error);
-/* Wait until the named channel is connected (timeout in seconds). */
+/* Wait until the named channel is connected (timeout in seconds). The cancellable given here or to
+ * ferry_migration_link_dial is taken as the migration's own (see ferry_migration_link_get_cancellable). */
 gboolean ferry_migration_link_wait(FerryMigrationLink *link, const char *channel, guint timeout_seconds,
                                    GCancellable *cancellable, GError **error);
 
@@ -45,5 +46,16 @@ void ferry_migration_link_limit(FerryMigrationLink *link, guint64 bytes_per_seco
 
 /* Unblock every reader and writer (a failure somewhere: nobody may hang). */
 void ferry_migration_link_abort(FerryMigrationLink *link);
+
+/* The migration's cancellable (from wait or dial; borrowed, NULL before). */
+GCancellable *ferry_migration_link_get_cancellable(FerryMigrationLink *link);
+
+/* The peer's verdict on control (its message, or the control connection ending), for a data pass that failed
+ * because of the peer and would rather report what the peer says than the broken stream: the control monitor
+ * announces that it is watching and then that the verdict is in; a data pass waits for it (timeout in ms).
+ * Returns at once, FALSE, when nobody watches control or the migration is cancelled. */
+void ferry_migration_link_watch_verdict(FerryMigrationLink *link);
+void ferry_migration_link_set_verdict(FerryMigrationLink *link);
+gboolean ferry_migration_link_wait_verdict(FerryMigrationLink *link, guint timeout_ms);
 
 G_END_DECLS

@@ -51,6 +51,7 @@ void ferry_offer_free(Migration__MigrationHeader *header)
     }
     g_free(header->snapshots);
     g_free(header->rsyncfeatures);
+    g_free(header->btrfsfeatures);
     g_free(header->ferry);
     g_free(header);
 }
@@ -69,6 +70,20 @@ void ferry_offer_set_rsync_features(Migration__MigrationHeader *header, gboolean
     f->delete_ = delete;
     f->compress = compress;
     f->bidirectional = bidirectional;
+}
+
+void ferry_offer_set_btrfs_features(Migration__MigrationHeader *header, gboolean migration_header,
+                                    gboolean subvolumes, gboolean subvolume_uuids)
+{
+    if (header->btrfsfeatures == NULL) {
+        header->btrfsfeatures = g_new0(Migration__BtrfsFeatures, 1);
+        migration__btrfs_features__init(header->btrfsfeatures);
+    }
+    Migration__BtrfsFeatures *f = header->btrfsfeatures;
+    f->has_migration_header = f->has_header_subvolumes = f->has_header_subvolume_uuids = TRUE;
+    f->migration_header = migration_header;
+    f->header_subvolumes = subvolumes;
+    f->header_subvolume_uuids = subvolume_uuids;
 }
 
 void ferry_offer_set_idmap(Migration__MigrationHeader *header, const char *last_state_idmap_json)

@@ -19,6 +19,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Migration__MigrationHeader, ferry_offer_free)
 
 void ferry_offer_set_rsync_features(Migration__MigrationHeader *header, gboolean xattrs, gboolean delete,
                                     gboolean compress, gboolean bidirectional);
+void ferry_offer_set_btrfs_features(Migration__MigrationHeader *header, gboolean migration_header,
+                                    gboolean subvolumes, gboolean subvolume_uuids);
 void ferry_offer_set_idmap(Migration__MigrationHeader *header, const char *last_state_idmap_json);
 /* snapshot: a rendered Incus snapshot object (ferry_snapshot_render). */
 void ferry_offer_add_snapshot(Migration__MigrationHeader *header, json_t *snapshot);

@@ -35,6 +35,8 @@
 #define GRACE_AFTER_FAILURE (10 * G_USEC_PER_SEC)
 /* rsync's exit status for "some files vanished before they could be transferred". */
 #define RSYNC_EXIT_VANISHED 24
+/* "Partial transfer due to error": the protocol ran to its end and some files failed. */
+#define RSYNC_EXIT_PARTIAL 23
 
 /* ---- what the local rsync can do ---- */
 
@@ -189,6 +191,8 @@ typedef struct {
     GCond cond;
     gboolean reaped, aborted, cancelled;
     gboolean killed_for_pump; /* we killed rsync because a pump failed: its death is not news */
+    gboolean peer_ended;      /* the peer's sub-stream ended (its barrier) */
+    gboolean channel_failed;  /* the channel itself failed (not because we stopped it) */
     int pumps_running;
     GError *pump_error; /* the first failure seen by a pump */
 } Bridge;
@@ -233,6 +237,16 @@ static void bridge_fail(Bridge *b, GError *error)
     g_cancellable_cancel(b->stop);
     bridge_kill(b);
     bridge_abort_channel(b);
+}
+
+/* A failure of the channel itself: the trouble is on the peer's side or between us. Takes error. */
+static void bridge_channel_fail(Bridge *b, GError *error)
+{
+    g_mutex_lock(&b->lock);
+    if (!g_cancellable_is_cancelled(b->stop))
+        b->channel_failed = TRUE;
+    g_mutex_unlock(&b->lock);
+    bridge_fail(b, error);
 }
 
 static void bridge_fail_errno(Bridge *b, int errnum, const char *what)
@@ -298,14 +312,14 @@ static gpointer pump_out(gpointer data)
             GError *error = NULL;
             if (!b->channel->end(b->channel->channel, &error)) {
                 g_prefix_error(&error, "Failed to end the migration stream: ");
-                bridge_fail(b, error);
+                bridge_channel_fail(b, error);
             }
             break;
         }
         GError *error = NULL;
         if (!b->channel->write(b->channel->channel, buf, (gsize)n, &error)) {
             g_prefix_error(&error, "Failed to send to the migration %s: ", peer_name(b));
-            bridge_fail(b, error);
+            bridge_channel_fail(b, error);
             break;
         }
         total += (guint64)n;
@@ -372,11 +386,14 @@ static gpointer pump_in(gpointer data)
                 if (error == NULL)
                     g_set_error(&error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Unknown error");
                 g_prefix_error(&error, "Failed to receive from the migration %s: ", peer_name(b));
-                bridge_fail(b, error);
+                bridge_channel_fail(b, error);
             }
             break;
         }
         if (n == 0) {
+            g_mutex_lock(&b->lock);
+            b->peer_ended = TRUE;
+            g_mutex_unlock(&b->lock);
             shutdown(b->sock, SHUT_WR);
             break;
         }
@@ -585,6 +602,9 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
         ;
     gboolean exited = info.si_code == CLD_EXITED;
     int code = info.si_status;
+    g_mutex_lock(&b.lock);
+    gboolean peer_ended_first = b.peer_ended || b.channel_failed;
+    g_mutex_unlock(&b.lock);
     if (stderr_open)
         stderr_open = read_stderr(stderr_fd, tail);
     /* Vanished files are the sender's call (it alone knows whether the copy may be inconsistent, and Incus
@@ -654,7 +674,13 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     } else {
         g_string_append_printf(message, "the migration %s did not end its rsync stream", peer_name(&b));
     }
-    g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, message->str);
+    /* Whose failure is it? The channel broke or the peer never ended its stream; or the peer's rsync
+     * stopped talking and ours then died of it (a broken pipe, a cut protocol stream, our kill) rather than
+     * finishing the protocol with a "partial transfer" status of its own. */
+    gboolean rsync_died = !exited || (code != RSYNC_EXIT_PARTIAL && code != RSYNC_EXIT_VANISHED);
+    gboolean peer_fault = b.channel_failed || timed_out || (!rsync_ok && peer_ended_first && rsync_died);
+    g_set_error_literal(error, FERRY_ERROR, peer_fault ? FERRY_ERROR_UNAVAILABLE : FERRY_ERROR_INTERNAL,
+                        message->str);
     return FALSE;
 }
 

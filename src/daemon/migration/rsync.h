@@ -60,6 +60,10 @@ typedef struct {
     const char *peer;
 } FerryRsyncOptions;
 
+/* Errors of both calls: FERRY_ERROR_CANCELLED after a cancel; FERRY_ERROR_UNAVAILABLE when the failure began
+ * at the peer (the channel failed, the peer never ended its stream, or the peer's rsync stopped and ours died
+ * of it), so its own account is the one to wait for; FERRY_ERROR_INTERNAL when it began here. */
+
 /* Send the contents of source_dir (an absolute directory; its contents, like a trailing "/") as ONE rsync
  * run: the local rsync is the client/sender, its remote-shell stdio bridged to the channel through the
  * `netcat` helper; when rsync's output ends we send our barrier; we read until the peer's barrier.

@@ -8,6 +8,7 @@
 #include "instances.h"
 #include "json.h"
 #include "link.h"
+#include "btrfs_transport.h"
 #include "messages.h"
 #include "names.h"
 #include "offer.h"
@@ -159,6 +160,39 @@ static void plan_refresh(FerryDaemon *daemon, SinkTask *task, const FerryReceive
     }
 }
 
+/* The BTRFS transport: the subvolume list (from the source's header, or the default shape), one stream per
+ * subvolume received into staging, then placed as the instance volume and its snapshots. */
+static gboolean receive_btrfs(SinkTask *task, FerryPool *pool, const char *volume, GPtrArray *wanted,
+                              gboolean with_header, GCancellable *cancellable, GError **error)
+{
+    g_ptr_array_add(wanted, NULL);
+    const char *const *names = (const char *const *)wanted->pdata;
+    g_autoptr(GPtrArray) subvolumes = NULL;
+    if (with_header) {
+        g_autoptr(json_t) header =
+            ferry_migration_receive_json(ferry_migration_link_get(task->link, "fs"), cancellable, error);
+        subvolumes = header != NULL ? ferry_btrfs_header_parse(header, error) : NULL;
+    } else {
+        subvolumes = ferry_btrfs_header_default(names);
+    }
+    if (subvolumes == NULL) {
+        g_ptr_array_remove_index(wanted, wanted->len - 1);
+        return FALSE;
+    }
+    g_autoptr(GPtrArray) order = ferry_btrfs_header_select(subvolumes, names);
+    g_ptr_array_remove_index(wanted, wanted->len - 1);
+    g_autofree char *containers = g_build_filename(ferry_pool_get_mount_path(pool), "containers", NULL);
+    g_autoptr(FerryBtrfsReceiver) receiver = ferry_btrfs_receiver_new(containers, error);
+    FerryByteChannel channel;
+    if (receiver == NULL || !ferry_transfer_channel(task->link, &channel, error) ||
+        !ferry_btrfs_receiver_receive_all(receiver, order, &channel, NULL, NULL, cancellable, error))
+        return FALSE;
+    g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
+    g_autofree char *snapshots_dir =
+        g_build_filename(ferry_pool_get_mount_path(pool), "containers-snapshots", volume, NULL);
+    return ferry_btrfs_receiver_commit(receiver, volume_path, snapshots_dir, error);
+}
+
 static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMonitor **monitor_out,
                               GError **error)
 {
@@ -192,8 +226,22 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     /* We speak RSYNC, which every Incus filesystem pool also offers as the fallback. */
     gboolean instance_only = ferry_json_get_bool(source, "instance_only", FALSE) ||
                              ferry_json_get_bool(source, "container_only", FALSE);
+    g_autoptr(json_t) target_doc = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name, error);
+    FerryPool *target_pool = target_doc != NULL ? ferry_instance_get_pool(daemon, task->project, target_doc, error)
+                                                : NULL;
+    if (target_pool == NULL)
+        return FALSE;
+    /* btrfs to btrfs goes as btrfs streams; everything else, and every refresh (no UUID bookkeeping here yet),
+     * falls back to RSYNC, which every filesystem pool offers. */
+    gboolean use_btrfs = offer->fs == MIGRATION__MIGRATION_FSTYPE__BTRFS && !task->refresh &&
+                         g_str_equal(ferry_pool_get_driver(target_pool), "btrfs");
+    Migration__BtrfsFeatures *offered_btrfs = offer->btrfsfeatures;
+    gboolean btrfs_header = use_btrfs && offered_btrfs != NULL && offered_btrfs->migration_header;
+    gboolean btrfs_subvolumes = use_btrfs && offered_btrfs != NULL && offered_btrfs->header_subvolumes;
     g_autoptr(Migration__MigrationHeader) response = ferry_offer_new();
-    response->fs = MIGRATION__MIGRATION_FSTYPE__RSYNC;
+    response->fs = use_btrfs ? MIGRATION__MIGRATION_FSTYPE__BTRFS : MIGRATION__MIGRATION_FSTYPE__RSYNC;
+    if (use_btrfs)
+        ferry_offer_set_btrfs_features(response, btrfs_header, btrfs_subvolumes, FALSE);
     gboolean xattrs = FALSE, delete = FALSE, compress = FALSE;
     ferry_rsync_features(&xattrs, &delete, &compress);
     Migration__RsyncFeatures *offered = offer->rsyncfeatures;
@@ -215,6 +263,7 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     response->has_predump = TRUE;
     response->predump = FALSE;
     gboolean final_sync = offer->has_criu && offer->criu == MIGRATION__CRIUTYPE__NONE;
+    gboolean final_sync_pass = final_sync && !use_btrfs; /* a btrfs source sends a point-in-time snapshot */
     if (final_sync) {
         response->has_criu = TRUE;
         response->criu = MIGRATION__CRIUTYPE__NONE;
@@ -276,6 +325,9 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
                                     cancellable, error))
             return FALSE;
         volume = task->staging;
+    } else if (use_btrfs) {
+        if (!receive_btrfs(task, pool, volume, wanted, btrfs_header, cancellable, error))
+            return FALSE;
     } else if (!ferry_pool_create_volume(pool, FERRY_VOLUME_CONTAINER, volume, error)) {
         return FALSE;
     }
@@ -286,7 +338,7 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
         progress.total_bytes = (guint64)offer->ferry->total_bytes;
     /* Snapshots oldest first, each received into the volume and then snapshotted, so rsync moves only what
      * changed since the previous one. */
-    for (size_t i = 0; i < snapshot_count; i++) {
+    for (size_t i = 0; !use_btrfs && i < snapshot_count; i++) {
         const char *snapshot_name = wanted->pdata[i];
         g_autofree char *stage = g_strdup_printf("snapshot %s", snapshot_name);
         progress.stage = stage;
@@ -295,9 +347,9 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
             return FALSE;
     }
     progress.stage = "instance";
-    if (!ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error))
+    if (!use_btrfs && !ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error))
         return FALSE;
-    if (final_sync) {
+    if (final_sync_pass) {
         progress.stage = "final sync";
         if (!ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error))
             return FALSE;

@@ -8,6 +8,7 @@
 #include "json.h"
 #include "link.h"
 #include "lxc_runtime.h"
+#include "btrfs_transport.h"
 #include "messages.h"
 #include "offer.h"
 #include "pool.h"
@@ -90,6 +91,50 @@ static gboolean send_volume_pass(FerryDaemon *daemon, SourceTask *task, const ch
     return ok;
 }
 
+static void on_btrfs_bytes(guint64 bytes, gpointer user_data)
+{
+    FerryTransferProgress *progress = user_data;
+    ferry_operation_report_progress(progress->op, "fs_progress", "btrfs send", bytes, MAX(progress->total_bytes, bytes));
+}
+
+/* The BTRFS transport: an optional subvolume header, then one `btrfs send` stream per subvolume, snapshots
+ * oldest first, each incremental on the one before, then the instance from a read-only snapshot. */
+static gboolean send_btrfs(SourceTask *task, FerryOperation *op, FerryPool *pool, const char *volume,
+                           const FerryReceivedHeader *response, FerryTransferProgress *progress,
+                           GCancellable *cancellable, GError **error)
+{
+    g_autoptr(GPtrArray) snapshot_paths = g_ptr_array_new_with_free_func(g_free);
+    for (size_t i = 0; i < response->n_snapshotnames; i++)
+        g_ptr_array_add(snapshot_paths,
+                        ferry_pool_snapshot_path(pool, FERRY_VOLUME_CONTAINER, volume, response->snapshotnames[i]));
+    g_ptr_array_add(snapshot_paths, NULL);
+    g_autofree char *volume_path = task->snapshot != NULL
+                                       ? ferry_pool_snapshot_path(pool, FERRY_VOLUME_CONTAINER, volume, task->snapshot)
+                                       : ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
+    const char *const *paths = (const char *const *)snapshot_paths->pdata;
+    g_autoptr(GPtrArray) subvolumes = ferry_btrfs_volume_subvolumes(volume_path, paths, error);
+    if (subvolumes == NULL)
+        return FALSE;
+    Migration__BtrfsFeatures *features = response->btrfsfeatures;
+    if (features != NULL && features->has_migration_header && features->migration_header) {
+        g_autoptr(json_t) header = ferry_btrfs_header_to_json(subvolumes);
+        if (!ferry_migration_send_json(ferry_migration_link_get(task->link, "fs"), header, error))
+            return FALSE;
+    }
+    FerryByteChannel channel;
+    if (!ferry_transfer_channel(task->link, &channel, error))
+        return FALSE;
+    FerryBtrfsSendOptions options = {
+        .subvolumes = features != NULL && features->has_header_subvolumes && features->header_subvolumes,
+        .progress = on_btrfs_bytes,
+        .progress_data = progress,
+    };
+    if (!ferry_btrfs_send_volume(volume_path, paths, subvolumes, &options, &channel, cancellable, error))
+        return FALSE;
+    ferry_operation_report_progress(op, "fs_progress", "done", progress->total_bytes, progress->total_bytes);
+    return TRUE;
+}
+
 static gboolean run_source(FerryOperation *op, gpointer data, GError **error);
 
 static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryControlMonitor **monitor_out,
@@ -137,7 +182,11 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
 
     /* The offer. */
     g_autoptr(Migration__MigrationHeader) offer = ferry_offer_new();
-    offer->fs = MIGRATION__MIGRATION_FSTYPE__RSYNC;
+    /* A btrfs pool prefers btrfs send/receive and keeps RSYNC (its features below) as the fallback. */
+    gboolean btrfs_pool = g_str_equal(ferry_pool_get_driver(pool), "btrfs");
+    offer->fs = btrfs_pool ? MIGRATION__MIGRATION_FSTYPE__BTRFS : MIGRATION__MIGRATION_FSTYPE__RSYNC;
+    if (btrfs_pool)
+        ferry_offer_set_btrfs_features(offer, TRUE, TRUE, TRUE);
     gboolean xattrs = FALSE, delete = FALSE, compress = FALSE;
     ferry_rsync_features(&xattrs, &delete, &compress);
     ferry_offer_set_rsync_features(offer, xattrs, delete, compress, FALSE);
@@ -173,7 +222,8 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
         g_prefix_error(error, "Failed receiving migration offer response: ");
         return FALSE;
     }
-    if (response->fs != MIGRATION__MIGRATION_FSTYPE__RSYNC) {
+    gboolean use_btrfs = btrfs_pool && response->fs == MIGRATION__MIGRATION_FSTYPE__BTRFS;
+    if (response->fs != MIGRATION__MIGRATION_FSTYPE__RSYNC && !use_btrfs) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                     "Failed to negotiate migration type: No matching migration types found. Offered types: [%d], "
                     "our types: [RSYNC]",
@@ -227,6 +277,8 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
     }
 
     FerryTransferProgress progress = {.op = op, .total_bytes = total};
+    if (use_btrfs)
+        return send_btrfs(task, op, pool, volume, response, &progress, cancellable, error);
     for (size_t i = 0; i < response->n_snapshotnames; i++) {
         g_autofree char *stage = g_strdup_printf("snapshot %s", response->snapshotnames[i]);
         progress.stage = stage;

@@ -2,6 +2,9 @@
 
 #include "error.h"
 
+/* How long a pass that failed because of the peer waits for the peer's own account on control. */
+#define PEER_VERDICT_WAIT_MS 5000
+
 /* FerryByteChannel over the fs websocket: rsync only knows about byte streams and barriers. */
 static gssize channel_read(gpointer channel, void *buffer, gsize size, GCancellable *c, GError **error)
 {
@@ -21,6 +24,18 @@ static gboolean channel_end(gpointer channel, GError **error)
 static void channel_abort(gpointer channel)
 {
     ferry_websocket_abort(channel);
+}
+
+gboolean ferry_transfer_channel(FerryMigrationLink *link, FerryByteChannel *channel_out, GError **error)
+{
+    FerryWebsocket *fs = ferry_migration_link_get(link, "fs");
+    if (fs == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "The migration's fs channel is not connected");
+        return FALSE;
+    }
+    FerryByteChannel channel = {channel_read, channel_write, channel_end, channel_abort, fs};
+    *channel_out = channel;
+    return TRUE;
 }
 
 /* rsync reports the running total of the current pass. */
@@ -51,10 +66,19 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
         pass.progress_data = progress;
         progress->pass_bytes = 0;
     }
-    gboolean ok = sending ? ferry_rsync_send(dir, &channel, &pass, cancellable, error)
-                          : ferry_rsync_receive(dir, &channel, &pass, cancellable, error);
+    GError *local_error = NULL;
+    gboolean ok = sending ? ferry_rsync_send(dir, &channel, &pass, cancellable, &local_error)
+                          : ferry_rsync_receive(dir, &channel, &pass, cancellable, &local_error);
     if (progress != NULL)
         progress->done_bytes += progress->pass_bytes;
+    /* The trouble began at the peer (its rsync stopped, the connection broke): what it says on control, or
+     * that control broke too, tells the user more than our broken stream, and our caller prefers it when it is
+     * in. It follows at once unless the peer is stalled; and reporting ours first could make the peer report
+     * our consequence instead of its cause. */
+    if (!ok && g_error_matches(local_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE))
+        ferry_migration_link_wait_verdict(link, PEER_VERDICT_WAIT_MS);
+    if (!ok)
+        g_propagate_error(error, local_error);
     return ok;
 }
 

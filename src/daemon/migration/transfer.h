@@ -15,6 +15,9 @@ typedef struct {
     guint64 pass_bytes;       /* internal: bytes of the pass under way */
 } FerryTransferProgress;
 
+/* The fs channel as a byte channel (for transports other than rsync); FALSE when fs is not connected. */
+gboolean ferry_transfer_channel(FerryMigrationLink *link, FerryByteChannel *channel_out, GError **error);
+
 gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
                                  FerryTransferProgress *progress, GCancellable *cancellable, GError **error);
 gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
