@@ -717,8 +717,11 @@ STEPS = [
 ]
 
 
-def run_steps(systems, workload, results):
-    """Each step for each system in turn (interleaved, so a change in the machine's load hits both)."""
+def run_steps(systems, workload, results, repeat):
+    """Each step `repeat` times; within a repetition, the systems one after the other (interleaved, so a change
+    in the machine's load hits both). A step's result is its fastest successful run (all runs are kept in
+    "runs"); a system whose run fails is not asked again for that step."""
+
     def each(fn):
         for s in systems:
             try:
@@ -727,55 +730,81 @@ def run_steps(systems, workload, results):
                 log(f"  {s.name}: {e}")
                 results[s.kind].setdefault("setup_errors", []).append(str(e)[:400])
 
-    def record(key, result):
-        def fn(s):
-            results[s.kind]["steps"][key] = result(s)
-        return fn
+    def step(key, one_run, after=None):
+        """one_run(system, i) -> result of measure(), with extra fields."""
+        runs = {s.kind: [] for s in systems}
+        for i in range(repeat):
+            for s in systems:
+                if runs[s.kind] and not runs[s.kind][-1]["ok"]:
+                    continue
+                try:
+                    runs[s.kind].append(one_run(s, i))
+                except Exception as e:  # the preparation failed, not the measured command
+                    log(f"  {s.name} {key}: {e}")
+                    results[s.kind].setdefault("setup_errors", []).append(f"{key}: {str(e)[:400]}")
+                    break
+        for s in systems:
+            if not runs[s.kind]:
+                continue
+            ok = [r for r in runs[s.kind] if r["ok"]]
+            best = dict(min(ok, key=lambda r: r["wall_s"]) if ok else runs[s.kind][-1])
+            best["runs"] = [{k: r.get(k) for k in ("ok", "wall_s", "other_cpu_s", "wire_bytes", "verified",
+                                                    "status", "changed_bytes")}
+                            | {"cpu_s": {side: d.get("cpu_s") for side, d in r["daemons"].items()}}
+                            for r in runs[s.kind]]
+            if ok:
+                walls = sorted(r["wall_s"] for r in ok)
+                best["wall_median_s"] = walls[len(walls) // 2] if len(walls) % 2 else \
+                    (walls[len(walls) // 2 - 1] + walls[len(walls) // 2]) / 2
+            results[s.kind]["steps"][key] = best
+        if after:
+            each(after)
 
-    def copy_and_check(s, key, args, src, dst, delete=False):
+    def checked(s, key, args, dst, src="c1"):
         r = measure(s, args, key)
         if r["ok"]:
             r["verified"] = verify(s.a.rootfs(src), s.b.rootfs(dst))
-            if delete:
-                s.cli("delete", f"b:{dst}", "--force", check=False)
         return r
 
     log("copy, each mode")
     for mode in ("pull", "push", "relay"):
         dst = f"c-{mode}"
-        each(record(f"copy_{mode}", lambda s, mode=mode, dst=dst: copy_and_check(
-            s, f"copy_{mode}", ["copy", "a:c1", f"b:{dst}", "--mode", mode, "-q"], "c1", dst,
-            delete=mode != "pull")))
 
-    log("move (of a local copy of c1, made first and not measured)")
+        def copy_once(s, i, mode=mode, dst=dst):
+            s.cli("delete", f"b:{dst}", "--force", check=False)  # the previous repetition's
+            return checked(s, f"copy_{mode}", ["copy", "a:c1", f"b:{dst}", "--mode", mode, "-q"], dst)
+        # c-pull stays: the refreshes update it.
+        step(f"copy_{mode}", copy_once,
+             after=None if mode == "pull" else lambda s, dst=dst: s.cli("delete", f"b:{dst}", "--force", check=False))
 
-    def do_move(s):
+    log("move (each time of a fresh local copy of c1, made first and not measured)")
+
+    def move_once(s, i):
         s.cli("copy", "a:c1", "a:c-move", "-q")
-        r = measure(s, ["move", "a:c-move", "b:c-move", "-q"], "move")
-        if r["ok"]:
-            r["verified"] = verify(s.a.rootfs("c1"), s.b.rootfs("c-move"))
-            r["source_gone"] = not os.path.exists(s.a.rootfs("c-move"))
+        r = checked(s, "move", ["move", "a:c-move", "b:c-move", "-q"], "c-move", src="c1")
+        r["source_gone"] = not os.path.exists(s.a.rootfs("c-move"))
         s.cli("delete", "b:c-move", "--force", check=False)
         s.cli("delete", "a:c-move", "--force", check=False)
         return r
-    each(record("move", do_move))
+    step("move", move_once)
 
-    def refresh(s, key):
-        r = measure(s, ["copy", "a:c1", "b:c-pull", "--refresh", "-q"], key)
-        if r["ok"]:
-            r["verified"] = verify(s.a.rootfs("c1"), s.b.rootfs("c-pull"))
-        return r
-
+    refresh_args = ["copy", "a:c1", "b:c-pull", "--refresh", "-q"]
     log("refresh, nothing changed")
-    each(record("refresh_nochange", lambda s: refresh(s, "refresh_nochange")))
-    log("refresh after 10 MiB changed inside big1.bin")
-    each(lambda s: results[s.kind].setdefault("changed_bytes", {}).update(
-        big10=workload.change_big(s.a.rootfs("c1"), 10, seed=1001)))
-    each(record("refresh_big10", lambda s: refresh(s, "refresh_big10")))
-    log("refresh after 10 MiB of new small files")
-    each(lambda s: results[s.kind].setdefault("changed_bytes", {}).update(
-        small10=workload.add_small(s.a.rootfs("c1"), 10, seed=1002, tag="r1")))
-    each(record("refresh_small10", lambda s: refresh(s, "refresh_small10")))
+    step("refresh_nochange", lambda s, i: checked(s, "refresh_nochange", refresh_args, "c-pull"))
+
+    log("refresh after 10 MiB changed inside big1.bin (another region each repetition)")
+
+    def refresh_big(s, i):
+        changed = workload.change_big(s.a.rootfs("c1"), 10, seed=1001 + i)
+        return checked(s, "refresh_big10", refresh_args, "c-pull") | {"changed_bytes": changed}
+    step("refresh_big10", refresh_big)
+
+    log("refresh after 10 MiB of new small files (another 10 MiB each repetition)")
+
+    def refresh_small(s, i):
+        changed = workload.add_small(s.a.rootfs("c1"), 10, seed=1101 + i, tag=f"r{i}")
+        return checked(s, "refresh_small10", refresh_args, "c-pull") | {"changed_bytes": changed}
+    step("refresh_small10", refresh_small)
 
     log("copy with 3 snapshots (~5% of the data changed before each snapshot and after the last)")
 
@@ -785,17 +814,17 @@ def run_steps(systems, workload, results):
             changed.append(workload.modify_share(s.a.rootfs("c1"), seed=2000 + i))
             s.cli("snapshot", "create", "a:c1", f"s{i}")
         changed.append(workload.modify_share(s.a.rootfs("c1"), seed=2004))
-        results[s.kind].setdefault("changed_bytes", {})["snapshots"] = changed
+        results[s.kind]["snapshot_changed_bytes"] = changed
     each(snapshots)
 
-    def copy_snapshots(s):
-        r = copy_and_check(s, "copy_snapshots", ["copy", "a:c1", "b:c-snap", "-q"], "c1", "c-snap")
+    def copy_snapshots(s, i):
+        s.cli("delete", "b:c-snap", "--force", check=False)
+        r = checked(s, "copy_snapshots", ["copy", "a:c1", "b:c-snap", "-q"], "c-snap")
         if r["ok"]:
             out = s.cli("snapshot", "list", "b:c-snap", "-f", "csv", check=False).stdout
             r["target_snapshots"] = len([line for line in out.splitlines() if line.strip()])
-        s.cli("delete", "b:c-snap", "--force", check=False)
         return r
-    each(record("copy_snapshots", copy_snapshots))
+    step("copy_snapshots", copy_snapshots, after=lambda s: s.cli("delete", "b:c-snap", "--force", check=False))
 
 
 # --- the report ----------------------------------------------------------------------------------------------
@@ -829,8 +858,9 @@ def report(results, tar, meta):
 
     lines = [f"# Migration: ferry vs Incus vs the tar pipe ({meta['date']})", "",
              f"Machine: {meta['cpus']} CPUs, {meta['mem_gib']:.0f} GiB RAM, kernel {meta['kernel']}; "
-             f"{meta['incus_version']}; ferry {meta['ferry_version']} (tree {meta['git']}). One run of each step (see "
-             f"`bench/README.md` for the method).", "",
+             f"{meta['incus_version']}; ferry {meta['ferry_version']} (tree {meta['git']}). Each step run "
+             f"{meta['repeat']} times, systems interleaved; the tables give the fastest run (every run is listed at "
+             f"the end and kept in the JSON). Method: `bench/README.md`.", "",
              f"Workload: a stopped container whose rootfs holds {meta['data_mib']:.0f} MiB in {meta['data_files']} "
              f"files ({meta['big_files']} × {meta['big_mib']} MiB random files, {meta['small_files']} random files of "
              f"1–16 KiB), plus the busybox image. Both servers of a system on this machine, "
@@ -935,7 +965,7 @@ def report(results, tar, meta):
         verdict = "–" if value is None else ("met" if value <= limit else "not met")
         lines.append(f"| {label} | {fmt(value, '.2f')} | {verdict if value is not None else 'no measure'} |")
 
-    notes = []
+    notes, perturbed = [], []
     for k in kinds:
         for key, label in STEPS:
             r = step(k, key)
@@ -947,15 +977,28 @@ def report(results, tar, meta):
                 notes.append(f"{names[k]}, {label}: target differs from source: {r['verified']}")
             if r and r["ok"] and key == "copy_snapshots" and r.get("target_snapshots") != 3:
                 notes.append(f"{names[k]}, {label}: {r.get('target_snapshots')} snapshots on the target")
-            if r and r["ok"] and r.get("other_cpu_s", 0) > 0.1 * r["wall_s"]:
-                notes.append(f"{names[k]}, {label}: other processes used {r['other_cpu_s']:.1f} s of CPU during "
-                             f"the step's {r['wall_s']:.1f} s: the times are perturbed")
+            if r and r["ok"] and r.get("other_cpu_s", 0) > 0.25 * r["wall_s"]:
+                perturbed.append(f"{names[k]} {label} ({r['other_cpu_s']:.1f} s in {r['wall_s']:.1f} s)")
             if r and r["ok"] and r["wire_bytes"] < meta["data_mib"] * MIB * 0.9 and key.startswith(("copy", "move")):
                 notes.append(f"{names[k]}, {label}: fewer bytes on the wire than the data: did it bypass the proxy?")
         for e in results[k].get("setup_errors", []):
             notes.append(f"{names[k]}: set-up error: {e}")
+    if tar and tar.get("other_cpu_s", 0) > 0.25 * tar["wall_s"]:
+        perturbed.insert(0, f"tar pipe ({tar['other_cpu_s']:.1f} s in {tar['wall_s']:.1f} s)")
+    if perturbed:
+        notes.append("Other processes used more than a quarter of a CPU during (the reported run of) these steps, "
+                     "whose times are therefore inflated: " + "; ".join(perturbed))
     if notes:
         lines += ["", "## Failures and notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Every run (wall time, s; * = failed)", ""]
+    if tar:
+        lines.append("- tar pipe: " + ", ".join(f"{r['wall_s']:.2f}" for r in tar.get("runs", [tar])))
+    for k in kinds:
+        for key, label in STEPS:
+            r = step(k, key)
+            if r:
+                lines.append(f"- {names[k]}, {label}: " + ", ".join(
+                    f"{x['wall_s']:.2f}" + ("" if x["ok"] else "*") for x in r.get("runs", [r])))
     return "\n".join(lines) + "\n"
 
 
@@ -984,7 +1027,8 @@ def main():
     parser.add_argument("--big-mib", type=int, default=200)
     parser.add_argument("--small-files", type=int, default=20000)
     parser.add_argument("--systems", default="ferry,incus")
-    parser.add_argument("--step-timeout", type=int, default=900, help="seconds before a measured command is "
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each step; the fastest is reported")
+    parser.add_argument("--step-timeout", type=int, default=600, help="seconds before a measured command is "
                         "killed and recorded as failed")
     parser.add_argument("--quiet-wait", type=int, default=120, help="before each step, wait up to this many "
                         "seconds for the rest of the machine to be idle")
@@ -1049,9 +1093,12 @@ def main():
         data_bytes, data_files = tree_bytes(os.path.join(systems[0].a.rootfs("c1"), "data"))
         log(f"workload: {data_bytes / MIB:.0f} MiB in {data_files} files")
         log("the limit: tar pipe of the same rootfs, same disk")
-        tar = measure_tar(systems[0].a.rootfs("c1"), os.path.join(base, "tar-dst"))
-        subprocess.run(["rm", "-rf", os.path.join(base, "tar-dst")])
-        run_steps(systems, workload, results)
+        tar_runs = []
+        for _ in range(args.repeat):
+            tar_runs.append(measure_tar(systems[0].a.rootfs("c1"), os.path.join(base, "tar-dst")))
+            subprocess.run(["rm", "-rf", os.path.join(base, "tar-dst")])
+        tar = dict(min(tar_runs, key=lambda r: r["wall_s"]), runs=tar_runs)
+        run_steps(systems, workload, results, args.repeat)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
     finally:
@@ -1072,7 +1119,7 @@ def main():
             "ferry_version": ferry_version, "ferry_binaries": binaries,
             "git": version(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
             "data_mib": data_bytes / MIB, "data_files": data_files, "big_files": args.big_files,
-            "big_mib": args.big_mib, "small_files": args.small_files,
+            "big_mib": args.big_mib, "small_files": args.small_files, "repeat": args.repeat,
             "cpu_method": "cpuacct cgroup per daemon" if cgroup_parent else "/proc/<pid>/stat with cutime/cstime"}
     text = report(results, tar, meta)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -114,6 +114,10 @@ int cli_cmd_restart(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_delete(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_rename(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_list(Cli *cli, int argc, char **argv, GError **error);
+/* copy.c */
+int cli_cmd_copy(Cli *cli, int argc, char **argv, GError **error);
+int cli_cmd_move(Cli *cli, int argc, char **argv, GError **error);
+extern const char cli_transfer_modes_help[];
 int cli_cmd_info(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_snapshot(Cli *cli, int argc, char **argv, GError **error);

@@ -8,11 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* copy.c */
-int cli_cmd_copy(Cli *cli, int argc, char **argv, GError **error);
-int cli_cmd_move(Cli *cli, int argc, char **argv, GError **error);
-extern const char cli_transfer_modes_help[];
-
 const CliCommand cli_commands[] = {
     {"admin", NULL, NULL, "Manage the server", NULL, NULL, cli_admin_commands},
     {"config", NULL, NULL, "Manage instance and server configuration options", NULL, NULL,

@@ -367,7 +367,7 @@ gboolean ferry_progress_from_operation(const json_t *operation, FerryProgress *p
             progress->done = json_integer_value(value);
         if (json_is_integer(value = json_object_get(own, "total")))
             progress->total = json_integer_value(value);
-        if (json_is_integer(value = json_object_get(own, "rate_bytes_per_sec")))
+        if (json_is_integer(value = json_object_get(own, "rate")))
             progress->rate = json_integer_value(value);
         if (progress->done >= 0) {
             progress->stage = ferry_json_get_string(own, "stage");

@@ -84,7 +84,7 @@ typedef struct {
 typedef void (*FerryProgressFunc)(const FerryProgress *progress, gpointer user_data);
 
 /* Progress from an operation object: ferry's numbers in metadata "progress" {"done","total",
- * "rate_bytes_per_sec","stage"} when present (Incus's own "progress" object has only "stage", "percent" and
+ * "rate","stage"} when present (Incus's own "progress" object has only "stage", "percent" and
  * "speed" strings: ferry adds its numbers beside them), else an Incus "*_progress" string (download, unpack,
  * fs_progress...).
  * FALSE when the operation carries no progress. Strings point into operation. */

@@ -260,6 +260,8 @@ static GSocket *find_socket(GIOStream *stream)
 
 static void tune_socket(GSocket *socket)
 {
+    /* No read timeout on any kind of socket: a data channel may sit idle while the other side works. */
+    g_socket_set_timeout(socket, 0);
     GSocketFamily family = g_socket_get_family(socket);
     if (family != G_SOCKET_FAMILY_IPV4 && family != G_SOCKET_FAMILY_IPV6)
         return;

@@ -10,8 +10,8 @@ instead of the source (pull) or the source dials it instead of the target (push)
 The proxy throttles the transfer so that "mid-transfer" is a state the tests wait for (progress reported by the
 receiving operation), not a sleep."""
 import os
-import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -46,7 +46,8 @@ class FaultProxy:
         self.stalled_ids = set()
         self.rate = 0  # bytes per second and direction of each connection, 0: unlimited
         self.closed = False
-        self.connections = []  # [client socket, upstream socket]
+        self.connections = {}  # id -> (client socket, upstream socket)
+        self.cut_ids = set()
         self.accepted = 0
         self.threads = []
         self._spawn(self._accept_loop)
@@ -76,9 +77,10 @@ class FaultProxy:
             self.cond.notify_all()
 
     def cut(self):
-        """Drop every connection: RST both ways."""
+        """Drop every connection: RST both ways, stalled or not."""
         with self.cond:
-            connections = list(self.connections)
+            connections = list(self.connections.values())
+            self.cut_ids.update(self.connections)
             self.cond.notify_all()
         for pair_ in connections:
             for s in pair_:
@@ -101,7 +103,7 @@ class FaultProxy:
     @staticmethod
     def _reset(s):
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked on it; its close then sends the RST
         except OSError:
             pass
@@ -126,19 +128,19 @@ class FaultProxy:
                 self._reset(client)
                 client.close()
                 continue
-            connection = [client, upstream]
             with self.cond:
-                self.connections.append(connection)
+                self.connections[connection_id] = (client, upstream)
             state = {"open": 2}
-            self._spawn(self._pump, client, upstream, connection, connection_id, state)
-            self._spawn(self._pump, upstream, client, connection, connection_id, state)
+            self._spawn(self._pump, client, upstream, connection_id, state)
+            self._spawn(self._pump, upstream, client, connection_id, state)
 
     def _wait_unstalled(self, connection_id):
         with self.cond:
-            while (self.stalled or connection_id in self.stalled_ids) and not self.closed:
+            while ((self.stalled or connection_id in self.stalled_ids) and not self.closed
+                   and connection_id not in self.cut_ids):
                 self.cond.wait()
 
-    def _pump(self, src, dst, connection, connection_id, state):
+    def _pump(self, src, dst, connection_id, state):
         next_at = time.monotonic()
         try:
             while True:
@@ -147,6 +149,7 @@ class FaultProxy:
                 size = self.CHUNK if rate == 0 else max(1024, min(self.CHUNK, rate // 20))
                 data = src.recv(size)
                 if not data:
+                    self._wait_unstalled(connection_id)  # a stalled connection passes nothing on, not even this
                     dst.shutdown(socket.SHUT_WR)  # pass the end on, as TCP would
                     break
                 # Data read just as a stall began is held until it ends, like everything after it.
@@ -158,15 +161,16 @@ class FaultProxy:
                     if delay > 0:
                         time.sleep(delay)
         except OSError:
-            # One side failed: the other sees the connection drop (reset) too.
+            # One side failed: the other sees the connection drop (reset) too, unless stalled.
+            self._wait_unstalled(connection_id)
             self._reset(dst)
             self._reset(src)
         finally:
             with self.cond:
                 state["open"] -= 1
                 last = state["open"] == 0
-                if last and connection in self.connections:
-                    self.connections.remove(connection)
+                if last:
+                    self.connections.pop(connection_id, None)
             if last:
                 src.close()
                 dst.close()

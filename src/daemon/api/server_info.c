@@ -18,7 +18,7 @@ static const char *const api_extensions[] = {
     "container_stateless_copy", "container_only_migration", "storage_api", "event_lifecycle", "instances",
     "instance_all_projects", "container_full", "projects", "certificate_token", "container_exec_user_group_cwd",
     "api_os", "explicit_trust_token", "container_push_target", "migration_progress", "instance_snapshot_never",
-    "operation_description", "image_profiles", "server_supported_storage_drivers", "api_filtering", "instance_create_start", "resources",
+    "operation_description", "image_profiles", "server_supported_storage_drivers", "api_filtering", "instance_create_start", "resources", "instance_allow_inconsistent_copy", "container_incremental_copy",
 };
 
 /* Server config keys users may set. */
