@@ -1094,6 +1094,19 @@ void ferry_instances_recover(FerryDaemon *daemon)
     size_t index;
     json_t *doc;
     json_array_foreach(instances, index, doc) {
+        const char *doc_project = ferry_json_get_string(doc, "project");
+        /* A refresh interrupted by a crash leaves its staging copy beside the (intact) instance volume. */
+        FerryPool *pool = ferry_instance_get_pool(daemon, doc_project != NULL ? doc_project : "default", doc, NULL);
+        if (pool != NULL) {
+            g_autofree char *volume = ferry_instance_volume_name(doc_project != NULL ? doc_project : "default",
+                                                                 ferry_json_get_string(doc, "name"));
+            g_autofree char *staging = g_strdup_printf("%s.refresh", volume);
+            if (ferry_pool_volume_exists(pool, FERRY_VOLUME_CONTAINER, staging)) {
+                g_message("Removing the staging copy of an interrupted refresh of \"%s\"",
+                          ferry_json_get_string(doc, "name"));
+                ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, staging, NULL);
+            }
+        }
         if (!ferry_json_get_bool(doc, "creating", FALSE))
             continue;
         const char *project = ferry_json_get_string(doc, "project");

@@ -28,6 +28,8 @@
 /* The fd the netcat helper finds its socket on (passed down through rsync, which leaves it alone). */
 #define HELPER_FD 3
 #define STDERR_KEEP 8192
+/* rsync's first words: its first complaint is the cause, later ones often consequences. */
+#define STDERR_HEAD 1024
 #define STDERR_LINES 6
 /* After rsync exited, how long the peer may take to end its sub-stream: it is normally immediate (the peer's
  * rsync finishes with ours); a peer that never ends it must not hang the migration. */
@@ -191,7 +193,6 @@ typedef struct {
     GCond cond;
     gboolean reaped, aborted, cancelled;
     gboolean killed_for_pump; /* we killed rsync because a pump failed: its death is not news */
-    gboolean peer_ended;      /* the peer's sub-stream ended (its barrier) */
     gboolean channel_failed;  /* the channel itself failed (not because we stopped it) */
     int pumps_running;
     GError *pump_error; /* the first failure seen by a pump */
@@ -391,9 +392,6 @@ static gpointer pump_in(gpointer data)
             break;
         }
         if (n == 0) {
-            g_mutex_lock(&b->lock);
-            b->peer_ended = TRUE;
-            g_mutex_unlock(&b->lock);
             shutdown(b->sock, SHUT_WR);
             break;
         }
@@ -411,8 +409,8 @@ static gpointer pump_in(gpointer data)
     return NULL;
 }
 
-/* Keep the end of rsync's stderr; FALSE at its end. */
-static gboolean read_stderr(int fd, GString *tail)
+/* Keep the start and the end of rsync's stderr; FALSE at its end. */
+static gboolean read_stderr(int fd, GString *head, GString *tail)
 {
     char chunk[4096];
     for (;;) {
@@ -423,10 +421,27 @@ static gboolean read_stderr(int fd, GString *tail)
             return TRUE;
         if (n <= 0)
             return FALSE;
+        if (head->len < STDERR_HEAD)
+            g_string_append_len(head, chunk, MIN(n, (gssize)(STDERR_HEAD - head->len)));
         g_string_append_len(tail, chunk, n);
         if (tail->len > STDERR_KEEP)
             g_string_erase(tail, 0, (gssize)(tail->len - STDERR_KEEP));
     }
+}
+
+/* Does rsync's first complaint (in the C locale) say that the stream under it broke, i.e. that the other end
+ * went away? Later lines do not count: after a failure of its own (a full disk, a remote shell it could not
+ * start) rsync also finds its pipes broken. */
+static gboolean stream_broke(const GString *head)
+{
+    static const char *const signs[] = {"connection unexpectedly closed", "Broken pipe",
+                                        "Connection reset by peer"};
+    const char *end = memchr(head->str, '\n', head->len);
+    gssize first_line = end != NULL ? end - head->str : (gssize)head->len;
+    for (gsize i = 0; i < G_N_ELEMENTS(signs); i++)
+        if (g_strstr_len(head->str, first_line, signs[i]) != NULL)
+            return TRUE;
+    return FALSE;
 }
 
 /* The last non-empty lines of stderr, one line. */
@@ -583,6 +598,7 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
 
     /* Supervise until rsync exits: nothing here depends on the peer, so this always ends (a cancel or a
      * pump failure kills rsync). */
+    g_autoptr(GString) head = g_string_new(NULL);
     g_autoptr(GString) tail = g_string_new(NULL);
     gboolean stderr_open = TRUE;
     for (;;) {
@@ -591,7 +607,7 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
         if (poll(p, 2, -1) < 0 && errno != EINTR)
             break; /* cannot happen with valid fds; fall through to the blocking reap */
         if (p[1].revents)
-            stderr_open = read_stderr(stderr_fd, tail);
+            stderr_open = read_stderr(stderr_fd, head, tail);
         if (p[0].revents)
             break;
     }
@@ -602,11 +618,8 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
         ;
     gboolean exited = info.si_code == CLD_EXITED;
     int code = info.si_status;
-    g_mutex_lock(&b.lock);
-    gboolean peer_ended_first = b.peer_ended || b.channel_failed;
-    g_mutex_unlock(&b.lock);
     if (stderr_open)
-        stderr_open = read_stderr(stderr_fd, tail);
+        stderr_open = read_stderr(stderr_fd, head, tail);
     /* Vanished files are the sender's call (it alone knows whether the copy may be inconsistent, and Incus
      * does not tell the sink): the receiving rsync ends with 24 too, and that is not a failure there. */
     gboolean rsync_ok =
@@ -636,7 +649,7 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     b.reaped = TRUE;
 
     if (stderr_open)
-        read_stderr(stderr_fd, tail);
+        read_stderr(stderr_fd, head, tail);
     close(stderr_fd);
     close(b.sock);
     close(pidfd);
@@ -674,11 +687,13 @@ static gboolean bridge_run(const char *what, GPtrArray *argv, gboolean sending, 
     } else {
         g_string_append_printf(message, "the migration %s did not end its rsync stream", peer_name(&b));
     }
-    /* Whose failure is it? The channel broke or the peer never ended its stream; or the peer's rsync
-     * stopped talking and ours then died of it (a broken pipe, a cut protocol stream, our kill) rather than
-     * finishing the protocol with a "partial transfer" status of its own. */
-    gboolean rsync_died = !exited || (code != RSYNC_EXIT_PARTIAL && code != RSYNC_EXIT_VANISHED);
-    gboolean peer_fault = b.channel_failed || timed_out || (!rsync_ok && peer_ended_first && rsync_died);
+    /* Whose failure is it? The peer's when the channel broke or the peer never ended its stream, or when our
+     * rsync stopped because the other rsync did: it says the stream broke under it, or it exited silently
+     * with the status the peer's rsync sent through the protocol. A "partial transfer" is an orderly end of
+     * our own, a signal our own death. */
+    gboolean fatal_status = exited && code != RSYNC_EXIT_PARTIAL && code != RSYNC_EXIT_VANISHED;
+    gboolean peer_fault = b.channel_failed || timed_out ||
+                          (!rsync_ok && fatal_status && (head->len == 0 || stream_broke(head)));
     g_set_error_literal(error, FERRY_ERROR, peer_fault ? FERRY_ERROR_UNAVAILABLE : FERRY_ERROR_INTERNAL,
                         message->str);
     return FALSE;

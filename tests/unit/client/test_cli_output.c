@@ -179,7 +179,7 @@ static void test_progress_from_operation(void)
     FerryProgress progress;
     g_autoptr(json_t) ferry_op =
         json_pack("{s:{s:{s:I, s:I, s:I, s:s}}}", "metadata", "progress", "done", (json_int_t)10, "total",
-                  (json_int_t)100, "rate_bytes_per_sec", (json_int_t)5, "stage", "fs");
+                  (json_int_t)100, "rate", (json_int_t)5, "stage", "fs");
     g_assert_true(ferry_progress_from_operation(ferry_op, &progress));
     g_assert_cmpint(progress.done, ==, 10);
     g_assert_cmpint(progress.total, ==, 100);

@@ -647,7 +647,10 @@ static void test_receiver_fails(Fixture *f, gconstpointer unused)
     g_assert_false(receiver.ok);
     g_test_message("sender: %s", sender.error->message);
     g_test_message("receiver: %s", receiver.error->message);
-    g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_INTERNAL);
+    /* The failure is the receiver's: the sender says so by its code (its caller then waits for the peer's
+     * account over `control`), the receiver's is its own. */
+    g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+    g_assert_error(receiver.error, FERRY_ERROR, FERRY_ERROR_INTERNAL);
     /* The receiver's words stay on its stderr (the lead reports them over `control`); the sender gets the
      * status through the protocol. */
     g_assert_cmpstr(
@@ -705,6 +708,9 @@ static void test_receiver_killed(Fixture *f, gconstpointer unused)
     g_assert_true(g_str_has_prefix(sender.error->message, "Rsync send failed: rsync exited with status "));
     g_assert_true(
         g_str_has_prefix(receiver.error->message, "Rsync receive failed: rsync killed by signal 9"));
+    /* The sender died of the receiver's death; the receiver's death was its own. */
+    g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
+    g_assert_error(receiver.error, FERRY_ERROR, FERRY_ERROR_INTERNAL);
     side_clear(&sender);
     side_clear(&receiver);
 }
@@ -811,6 +817,7 @@ static void run_vanished(Fixture *f, gboolean allow)
         g_assert_true(
             g_str_has_prefix(sender.error->message, "Rsync send failed: rsync exited with status 24"));
         g_assert_nonnull(strstr(sender.error->message, "vanished"));
+        g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_INTERNAL); /* the sender's own doing */
         /* The receiving rsync ends with 24 as well; that is the sender's call, never a receive failure. */
         g_assert_no_error(receiver.error);
     }
@@ -843,6 +850,9 @@ static void test_missing_helper(Fixture *f, gconstpointer unused)
     g_test_message("sender: %s", sender.error->message);
     g_test_message("receiver: %s", receiver.error->message);
     g_assert_nonnull(strstr(sender.error->message, "/nonexistent/ferryd"));
+    /* The sender's own failure; the receiver's end is a consequence. */
+    g_assert_error(sender.error, FERRY_ERROR, FERRY_ERROR_INTERNAL);
+    g_assert_error(receiver.error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE);
     side_clear(&sender);
     side_clear(&receiver);
 }
