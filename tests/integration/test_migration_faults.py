@@ -2,8 +2,9 @@
 
 Whatever goes wrong mid-transfer -- kill -9 of either daemon, a dropped or stalled connection, a full target
 disk, a cancel -- the source stays as it was, the target is complete or unchanged, neither side keeps a volume,
-a DB row, an rsync or `ferryd netcat` process, a mount or a temp directory, and the error says what happened on
-which server. A restarted daemon cleans up what an interrupted transfer left.
+a DB row, an rsync, `ferryd netcat` or `btrfs send|receive` process, a mount, a temp directory or a running
+operation, and the error says what happened on which server. A restarted daemon cleans up what an interrupted
+transfer left.
 
 Every migration goes through `FaultProxy`, a loopback TCP proxy between the two daemons: the target dials it
 instead of the source (pull) or the source dials it instead of the target (push). TLS passes through untouched.
@@ -209,8 +210,8 @@ def track(*servers):
 
 
 def transfer_processes(server):
-    """rsync and `ferryd netcat` processes of a server: in the session of one of its ferryd processes (see
-    track()), or naming its directory or HTTPS port."""
+    """rsync, `ferryd netcat` and `btrfs send|receive` processes of a server: in the session of one of its
+    ferryd processes (see track()), or naming its directory or HTTPS port."""
     found = []
     markers = [server.dir + "/"]
     if server.https_port:
@@ -225,7 +226,8 @@ def transfer_processes(server):
             continue
         if not argv:
             continue
-        is_transfer = os.path.basename(argv[0]) == "rsync" or (len(argv) > 1 and argv[1] == "netcat")
+        program, verb = os.path.basename(argv[0]), argv[1] if len(argv) > 1 else ""
+        is_transfer = program == "rsync" or verb == "netcat" or (program == "btrfs" and verb in ("send", "receive"))
         if not is_transfer:
             continue
         cmdline = " ".join(argv)
@@ -287,11 +289,11 @@ def assert_target_clean(server, name, pools=("default",)):
     assert_no_leftovers(server)
 
 
-def assert_source_intact(server, name, digest):
+def assert_source_intact(server, name, digest, pool="default"):
     """The instance as it was (bit for bit), the only one, free to be used, and no leftovers."""
     assert server.call("GET", "/1.0/instances") == [f"/1.0/instances/{name}"]
     assert server.call("GET", f"/1.0/instances/{name}")["status"] == "Stopped"
-    assert tree_digest(rootfs(server, name)) == digest
+    assert tree_digest(rootfs(server, name, pool=pool)) == digest
     assert_no_leftovers(server)
     # Nothing holds the instance any more: it can be changed again.
     server.call("PATCH", f"/1.0/instances/{name}", {"config": {"user.after": "fault"}})
@@ -331,14 +333,16 @@ class Migration:
         assert status == 200, env
         return env["metadata"]
 
-    def wait_received(self, min_bytes, timeout=END_TIMEOUT):
-        """Until the target has received min_bytes of the main volume (the instance pass)."""
+    def wait_received(self, min_bytes, timeout=END_TIMEOUT, stage="instance"):
+        """Until the target has received min_bytes of the main volume (rsync's instance pass). A btrfs stream
+        is followed on the source (stage "btrfs send": every stream, snapshots first)."""
+        server, op_id = (self.src, self.src_op_id) if stage == "btrfs send" else (self.dst, self.dst_op_id)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            op = self.op(self.dst, self.dst_op_id)
-            assert op["status"] == "Running", f"the target ended before the fault: {op}"
+            op = self.op(server, op_id)
+            assert op["status"] == "Running", f"{server.name}: ended before the fault: {op}"
             progress = (op.get("metadata") or {}).get("progress") or {}
-            if progress.get("stage") == "instance" and progress.get("done", 0) >= min_bytes:
+            if progress.get("stage") == stage and progress.get("done", 0) >= min_bytes:
                 return
             time.sleep(0.05)
         pytest.fail("the transfer did not get going")
@@ -356,17 +360,19 @@ class Migration:
         return self.wait_end(self.dst, self.dst_env, timeout)[0]
 
 
-def make_big(server, name="big", size=64 * MiB, snapshot=False):
+def make_big(server, name="big", size=64 * MiB, snapshot=False, pool="default"):
     """A stopped container with `size` bytes of random data (incompressible: rsync moves all of it)."""
-    server.launch(name, start=False)
+    server.call("POST", "/1.0/instances", {"name": name, "source": {"type": "image", "alias": "busybox"},
+                                           "devices": {"root": {"type": "disk", "path": "/", "pool": pool}}})
+    root = rootfs(server, name, pool=pool)
     if snapshot:
-        with open(os.path.join(rootfs(server, name), "root", "small"), "wb") as f:
+        with open(os.path.join(root, "root", "small"), "wb") as f:
             f.write(os.urandom(MiB))
         server.call("POST", f"/1.0/instances/{name}/snapshots", {"name": "snap0"})
-    with open(os.path.join(rootfs(server, name), "root", "blob"), "wb") as f:
+    with open(os.path.join(root, "root", "blob"), "wb") as f:
         for _ in range(size // MiB):
             f.write(os.urandom(MiB))
-    return tree_digest(rootfs(server, name))
+    return tree_digest(root)
 
 
 def throttled(proxies, port, rate=8 * MiB):
@@ -519,13 +525,18 @@ def used_bytes(path):
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-@pytest.mark.parametrize("mode", ["pull", "push"])
-def test_full_target_disk(pair, proxies, mode):
+@pytest.mark.parametrize("mode,transport", [("pull", "rsync"), ("push", "rsync"), ("pull", "btrfs")])
+def test_full_target_disk(pair, proxies, mode, transport):
+    """400 MiB for a 300 MiB btrfs pool: rsync from a dir pool, or btrfs streams from a btrfs pool."""
     a, b = pair
+    source_pool = "default"
+    if transport == "btrfs":
+        source_pool = "bt"
+        a.call("POST", "/1.0/storage-pools", {"name": source_pool, "driver": "btrfs", "config": {"size": "1GiB"}})
     b.call("POST", "/1.0/storage-pools", {"name": "small", "driver": "btrfs", "config": {"size": "300MiB"}})
     small = pool_path(b, "small")
     baseline = used_bytes(small)
-    digest = make_big(a, size=400 * MiB)
+    digest = make_big(a, size=400 * MiB, pool=source_pool)
     proxy = proxies(upstream_port(a, b, mode))
     track(a, b)
     m = Migration(a, b, "big", mode, proxy, devices={"root": {"type": "disk", "path": "/", "pool": "small"}})
@@ -546,7 +557,7 @@ def test_full_target_disk(pair, proxies, mode):
         subprocess.run(["btrfs", "filesystem", "sync", small], capture_output=True)  # wakes the cleaner
         time.sleep(0.5)
     assert used_bytes(small) <= baseline + 16 * MiB, (used_bytes(small), baseline)
-    assert_source_intact(a, "big", digest)
+    assert_source_intact(a, "big", digest, pool=source_pool)
     assert_no_transfer_processes(a, b)
 
 
@@ -621,6 +632,54 @@ def test_refresh_interrupted_by_target_crash(pair, proxies, mode):
     assert_no_leftovers(b)
     # The restart removed the staging copy of the interrupted refresh.
     assert os.listdir(os.path.join(pool_path(b), "containers")) == ["default_big"]
+
+
+# --- the BTRFS transport (btrfs pool to btrfs pool) ---------------------------------------------------------------
+def btrfs_subvolumes(server, pool):
+    out = subprocess.run(["btrfs", "subvolume", "list", "-o", pool_path(server, pool)], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(line.split(" path ", 1)[1] for line in out.splitlines())
+
+
+@pytest.mark.parametrize("fault", ["kill-target", "cut", "kill-source"])
+def test_btrfs_transport_fault(pair, proxies, fault):
+    """The same faults while `btrfs send` streams move the instance and its snapshot: received subvolumes
+    never outlive the failure (nor a restart), the source keeps its own and no `.migration-send` snapshot."""
+    a, b = pair
+    for server in (a, b):
+        server.call("POST", "/1.0/storage-pools", {"name": "bt", "driver": "btrfs", "config": {"size": "1GiB"}})
+    digest = make_big(a, snapshot=True, pool="bt")
+    source_subvolumes = btrfs_subvolumes(a, "bt")
+    target_subvolumes = btrfs_subvolumes(b, "bt")
+    mode = "push" if fault == "cut" else "pull"
+    proxy = throttled(proxies, upstream_port(a, b, mode))
+    track(a, b)
+    m = Migration(a, b, "big", mode, proxy, devices={"root": {"type": "disk", "path": "/", "pool": "bt"}})
+    m.wait_received(16 * MiB, stage="btrfs send")  # past the image and the snapshot: inside the instance
+    for server in (a, b):  # the check below sees them
+        assert [p for p in transfer_processes(server) if "btrfs " in p[1]], transfer_processes(server)
+    if fault == "kill-target":
+        b.kill()
+        src_op = m.wait_src()
+        assert src_op["status"] == "Failure" and "target" in src_op["err"], src_op
+        b.start()
+        track(b)
+    elif fault == "cut":
+        proxy.cut()
+        dst_op, src_op = m.wait_dst(), m.wait_src()
+        assert dst_op["status"] == "Failure" and "source" in dst_op["err"], dst_op
+        assert src_op["status"] == "Failure" and "target" in src_op["err"], src_op
+    else:
+        a.kill()
+        dst_op = m.wait_dst()
+        assert dst_op["status"] == "Failure" and "source" in dst_op["err"], dst_op
+        a.start()
+        track(a)
+    assert_target_clean(b, "big", pools=("default", "bt"))
+    assert btrfs_subvolumes(b, "bt") == target_subvolumes
+    assert_source_intact(a, "big", digest, pool="bt")
+    assert btrfs_subvolumes(a, "bt") == source_subvolumes
+    assert_no_transfer_processes(a, b)
 
 
 # --- (f) the client cancels ---------------------------------------------------------------------------------------
