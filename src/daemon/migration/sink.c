@@ -184,9 +184,12 @@ static gboolean receive_btrfs(SinkTask *task, FerryPool *pool, const char *volum
     g_autofree char *containers = g_build_filename(ferry_pool_get_mount_path(pool), "containers", NULL);
     g_autoptr(FerryBtrfsReceiver) receiver = ferry_btrfs_receiver_new(containers, error);
     FerryByteChannel channel;
-    if (receiver == NULL || !ferry_transfer_channel(task->link, &channel, error) ||
-        !ferry_btrfs_receiver_receive_all(receiver, order, &channel, NULL, NULL, cancellable, error))
+    if (receiver == NULL || !ferry_transfer_channel(task->link, &channel, error))
         return FALSE;
+    if (!ferry_btrfs_receiver_receive_all(receiver, order, &channel, NULL, NULL, cancellable, error)) {
+        ferry_transfer_await_peer(task->link, *error);
+        return FALSE;
+    }
     g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
     g_autofree char *snapshots_dir =
         g_build_filename(ferry_pool_get_mount_path(pool), "containers-snapshots", volume, NULL);
@@ -433,7 +436,7 @@ static gboolean run_sink(FerryOperation *op, gpointer data, GError **error)
     }
     if (!ok) {
         const char *peer_failure = monitor != NULL ? ferry_control_monitor_peer_failure(monitor) : NULL;
-        g_autofree char *reason = g_strdup(peer_failure != NULL ? peer_failure : local_error->message);
+        g_autofree char *reason = ferry_transfer_failure_reason(local_error, peer_failure);
         if (control != NULL && peer_failure == NULL) {
             g_autofree char *message = g_strdup_printf("Failed migration on target: %s", reason);
             ferry_migration_send_control(control, FALSE, message, NULL);

@@ -129,8 +129,10 @@ static gboolean send_btrfs(SourceTask *task, FerryOperation *op, FerryPool *pool
         .progress = on_btrfs_bytes,
         .progress_data = progress,
     };
-    if (!ferry_btrfs_send_volume(volume_path, paths, subvolumes, &options, &channel, cancellable, error))
+    if (!ferry_btrfs_send_volume(volume_path, paths, subvolumes, &options, &channel, cancellable, error)) {
+        ferry_transfer_await_peer(task->link, *error);
         return FALSE;
+    }
     ferry_operation_report_progress(op, "fs_progress", "done", progress->total_bytes, progress->total_bytes);
     return TRUE;
 }
@@ -320,7 +322,7 @@ static gboolean run_source(FerryOperation *op, gpointer data, GError **error)
     if (!ok) {
         /* Prefer what the target said over the broken pipe it left us with. */
         const char *peer_failure = monitor != NULL ? ferry_control_monitor_peer_failure(monitor) : NULL;
-        g_autofree char *reason = g_strdup(peer_failure != NULL ? peer_failure : local_error->message);
+        g_autofree char *reason = ferry_transfer_failure_reason(local_error, peer_failure);
         FerryWebsocket *control = ferry_migration_link_get(task->link, "control");
         if (control != NULL && peer_failure == NULL) {
             g_autofree char *message = g_strdup_printf("Failed migration on source: %s", reason);

@@ -38,6 +38,23 @@ gboolean ferry_transfer_channel(FerryMigrationLink *link, FerryByteChannel *chan
     return TRUE;
 }
 
+void ferry_transfer_await_peer(FerryMigrationLink *link, const GError *error)
+{
+    if (g_error_matches(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE))
+        ferry_migration_link_wait_verdict(link, PEER_VERDICT_WAIT_MS);
+}
+
+char *ferry_transfer_failure_reason(const GError *local_error, const char *peer_failure)
+{
+    if (peer_failure == NULL)
+        return g_strdup(local_error->message);
+    /* Our error is only the echo of theirs when the stream broke under us or we were stopped. */
+    if (g_error_matches(local_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE) ||
+        g_error_matches(local_error, FERRY_ERROR, FERRY_ERROR_CANCELLED))
+        return g_strdup(peer_failure);
+    return g_strdup_printf("%s (and then: %s)", local_error->message, peer_failure);
+}
+
 /* rsync reports the running total of the current pass. */
 static void on_bytes(guint64 bytes, gpointer user_data)
 {
@@ -75,8 +92,8 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
      * that control broke too, tells the user more than our broken stream, and our caller prefers it when it is
      * in. It follows at once unless the peer is stalled; and reporting ours first could make the peer report
      * our consequence instead of its cause. */
-    if (!ok && g_error_matches(local_error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE))
-        ferry_migration_link_wait_verdict(link, PEER_VERDICT_WAIT_MS);
+    if (!ok)
+        ferry_transfer_await_peer(link, local_error);
     if (!ok)
         g_propagate_error(error, local_error);
     return ok;

@@ -18,6 +18,12 @@ typedef struct {
 /* The fs channel as a byte channel (for transports other than rsync); FALSE when fs is not connected. */
 gboolean ferry_transfer_channel(FerryMigrationLink *link, FerryByteChannel *channel_out, GError **error);
 
+/* After a failed pass: when the trouble began at the peer (FERRY_ERROR_UNAVAILABLE), give its verdict on control
+ * a moment to arrive, so the user hears the cause rather than our broken stream. */
+void ferry_transfer_await_peer(FerryMigrationLink *link, const GError *error);
+/* The message a failed side reports: its own error, unless that only echoes the peer's failure. */
+char *ferry_transfer_failure_reason(const GError *local_error, const char *peer_failure);
+
 gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
                                  FerryTransferProgress *progress, GCancellable *cancellable, GError **error);
 gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
