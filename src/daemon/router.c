@@ -53,6 +53,12 @@ static const FerryRoute routes[] = {
     {"POST", "/1.0/instances/{name}/snapshots/{snapshot}", api_snapshot_post, FALSE},
     {"DELETE", "/1.0/instances/{name}/snapshots/{snapshot}", api_snapshot_delete, FALSE},
     {"POST", "/1.0/instances/{name}/exec", api_instance_exec, FALSE},
+    {"GET", "/1.0/instances/{name}/backups", api_backups_get, FALSE},
+    {"POST", "/1.0/instances/{name}/backups", api_backups_post, FALSE},
+    {"GET", "/1.0/instances/{name}/backups/{backup}", api_backup_get, FALSE},
+    {"POST", "/1.0/instances/{name}/backups/{backup}", api_backup_post, FALSE},
+    {"DELETE", "/1.0/instances/{name}/backups/{backup}", api_backup_delete, FALSE},
+    {"GET", "/1.0/instances/{name}/backups/{backup}/export", api_backup_export, FALSE},
     {"GET", "/1.0/instances/{name}/logs", api_instance_logs_get, FALSE},
     {"GET", "/1.0/instances/{name}/logs/{file}", api_instance_log_get, FALSE},
 

@@ -51,6 +51,15 @@ FerryResponse *api_snapshot_put(FerryRequest *request);
 FerryResponse *api_snapshot_post(FerryRequest *request);   /* rename */
 FerryResponse *api_snapshot_delete(FerryRequest *request);
 
+/* backups.c: /1.0/instances/{name}/backups, and backup import (octet-stream POST /1.0/instances) */
+FerryResponse *api_backups_get(FerryRequest *request);
+FerryResponse *api_backups_post(FerryRequest *request);
+FerryResponse *api_backup_get(FerryRequest *request);
+FerryResponse *api_backup_post(FerryRequest *request);     /* rename */
+FerryResponse *api_backup_delete(FerryRequest *request);
+FerryResponse *api_backup_export(FerryRequest *request);
+FerryResponse *api_backup_import(FerryRequest *request);
+
 /* exec.c: /1.0/instances/{name}/exec */
 FerryResponse *api_instance_exec(FerryRequest *request);
 

@@ -103,7 +103,7 @@ FerryResponse *api_instances_post(FerryRequest *request)
     FerryDaemon *daemon = request->daemon;
     GError *error = NULL;
     if (request->upload_path != NULL)
-        return ferry_response_error_new(501, "Importing instance backups is not supported yet");
+        return api_backup_import(request);
     if (request->body == NULL)
         return ferry_response_error_new(400, "Missing request body");
     json_t *source = json_object_get(request->body, "source");

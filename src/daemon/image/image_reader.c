@@ -26,6 +26,7 @@ struct ImageReader {
     GError *read_error; /* why the read callback failed, reported instead of libarchive's message */
     gboolean seen_header;
     guint8 *buffer;
+    const char *kind; /* "Image" or "Backup", for messages */
 };
 
 static la_ssize_t read_callback(struct archive *archive, void *data, const void **buffer)
@@ -43,7 +44,8 @@ static la_ssize_t read_callback(struct archive *archive, void *data, const void 
     if (n < 0) {
         int saved_errno = errno;
         if (reader->read_error == NULL)
-            ferry_set_error_errno(&reader->read_error, saved_errno, "Failed to read the image tarball");
+            ferry_set_error_errno(&reader->read_error, saved_errno, "Failed to read the %s tarball",
+                                  g_str_equal(reader->kind, "Image") ? "image" : "backup");
         archive_set_error(archive, saved_errno, "Read error");
         return -1;
     }
@@ -64,32 +66,40 @@ static gboolean set_archive_error(ImageReader *reader, GError **error)
     if (message == NULL)
         message = "unknown error";
     if (!reader->seen_header && archive_errno(reader->archive) == ARCHIVE_ERRNO_FILE_FORMAT)
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image file is not a tarball");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "%s file is not a tarball", reader->kind);
     else
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball is corrupt or truncated: %s",
-                    message);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "%s tarball is corrupt or truncated: %s",
+                    reader->kind, message);
     return FALSE;
 }
 
 ImageReader *image_reader_open(const char *path, gboolean hash, GCancellable *cancellable, GError **error)
 {
+    return image_reader_open_kind(path, "Image", hash, cancellable, error);
+}
+
+ImageReader *image_reader_open_kind(const char *path, const char *kind, gboolean hash, GCancellable *cancellable,
+                                    GError **error)
+{
     g_autoptr(ImageReader) reader = g_new0(ImageReader, 1);
+    reader->kind = kind;
+    g_autofree char *lower = g_ascii_strdown(kind, -1);
     reader->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (reader->fd < 0) {
         int saved_errno = errno;
         if (saved_errno == ENOENT)
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "Image file \"%s\" not found", path);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND, "%s file \"%s\" not found", kind, path);
         else
-            ferry_set_error_errno(error, saved_errno, "Failed to open image file \"%s\"", path);
+            ferry_set_error_errno(error, saved_errno, "Failed to open %s file \"%s\"", lower, path);
         return NULL;
     }
     struct stat st;
     if (fstat(reader->fd, &st) < 0) {
-        ferry_set_error_errno(error, errno, "Failed to stat image file \"%s\"", path);
+        ferry_set_error_errno(error, errno, "Failed to stat %s file \"%s\"", lower, path);
         return NULL;
     }
     if (!S_ISREG(st.st_mode) || st.st_size == 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image file is not a tarball");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "%s file is not a tarball", kind);
         return NULL;
     }
     reader->size = st.st_size;
@@ -161,8 +171,8 @@ gboolean image_reader_data_block(ImageReader *reader, const void **buffer, gsize
     if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
         return set_archive_error(reader, error);
     if (block_offset < 0) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Image tarball is corrupt or truncated: %s",
-                    "negative data offset");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "%s tarball is corrupt or truncated: %s",
+                    reader->kind, "negative data offset");
         return FALSE;
     }
     *size = block_size;
@@ -183,7 +193,8 @@ GBytes *image_reader_data_all(ImageReader *reader, const char *name, gsize limit
             break;
         if ((guint64)offset > limit || size > limit - offset) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                        "Invalid image tarball: %s is larger than %" G_GSIZE_FORMAT " bytes", name, limit);
+                        "Invalid %s tarball: %s is larger than %" G_GSIZE_FORMAT " bytes",
+                        g_str_equal(reader->kind, "Image") ? "image" : "backup", name, limit);
             return NULL;
         }
         /* Holes in sparse entries read as zeros. */
@@ -228,7 +239,8 @@ char *image_reader_finish_hash(ImageReader *reader, GError **error)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            ferry_set_error_errno(error, errno, "Failed to read the image tarball");
+            ferry_set_error_errno(error, errno, "Failed to read the %s tarball",
+                                  g_str_equal(reader->kind, "Image") ? "image" : "backup");
             return NULL;
         }
         if (n == 0)

@@ -21,6 +21,9 @@ typedef struct ImageReader ImageReader;
 
 /* Open the tarball for reading; with hash, a sha256 of every byte of the file is kept. */
 ImageReader *image_reader_open(const char *path, gboolean hash, GCancellable *cancellable, GError **error);
+/* The same for another kind of tarball: kind ("Backup") starts the error messages instead of "Image". */
+ImageReader *image_reader_open_kind(const char *path, const char *kind, gboolean hash, GCancellable *cancellable,
+                                    GError **error);
 void image_reader_free(ImageReader *reader);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageReader, image_reader_free)
 
