@@ -288,6 +288,8 @@ def test_refresh_failure_keeps_old_target(pair):
     before = tree_digest(rootfs(b, "c1"))
     with open(os.path.join(rootfs(a, "c1"), "root", "blob"), "wb") as f:
         f.write(os.urandom(64 << 20))
+    # Slow enough that the kill lands mid-transfer however fast the transport is.
+    a.call("PATCH", "/1.0", {"config": {"migration.bandwidth": "16MiB"}})
     status, src_env = a.api("POST", "/1.0/instances/c1", {"migration": True, "live": False})
     op = src_env["metadata"]
     body = target_body(a, "c1")

@@ -395,7 +395,6 @@ def test_target_killed_mid_transfer(pair, proxies, mode):
     track(a, b)
     m = Migration(a, b, "big", mode, proxy)
     m.wait_received(4 * MiB)
-    assert transfer_processes(a) and transfer_processes(b)  # the check below sees them
     b.kill()
 
     src_op = m.wait_src()

@@ -23,7 +23,8 @@ static const char *const api_extensions[] = {
 
 /* Server config keys users may set. */
 static const char *const server_keys[] = {"core.https_address", "core.remote_token_expiry",
-                                          "images.compression_algorithm", "migration.bandwidth", NULL};
+                                          "images.compression_algorithm", "migration.bandwidth",
+                                          "migration.transport", NULL};
 
 static json_t *extensions(void)
 {
@@ -113,6 +114,12 @@ static gboolean validate_server_key(const char *key, const char *value, GError *
             g_prefix_error(error, "Invalid value for \"core.remote_token_expiry\": ");
             return FALSE;
         }
+    }
+    if (g_str_equal(key, "migration.transport") && *value != '\0' && !g_str_equal(value, "native") &&
+        !g_str_equal(value, "rsync")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid value for \"migration.transport\": \"%s\" (expected \"native\" or \"rsync\")", value);
+        return FALSE;
     }
     if (g_str_equal(key, "migration.bandwidth") && *value != '\0') {
         gint64 bytes;

@@ -189,16 +189,26 @@ void ferry_offer_add_snapshot(Migration__MigrationHeader *header, json_t *snapsh
     header->snapshotnames[header->n_snapshotnames++] = g_strdup(snap->name);
 }
 
-void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes)
+void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes, guint32 version,
+                           gboolean compress)
 {
     if (header->ferry == NULL) {
         header->ferry = g_new0(Migration__FerryFeatures, 1);
         migration__ferry_features__init(header->ferry);
     }
     header->ferry->has_version = TRUE;
-    header->ferry->version = 1;
+    header->ferry->version = version;
+    header->ferry->has_zstd = TRUE;
+    header->ferry->zstd = compress;
+    header->ferry->has_streams = TRUE;
+    header->ferry->streams = 1;
     header->ferry->has_total_bytes = TRUE;
     header->ferry->total_bytes = (int64_t)total_bytes;
+}
+
+guint32 ferry_offer_ferry_version(const Migration__MigrationHeader *header)
+{
+    return header->ferry != NULL && header->ferry->has_version ? header->ferry->version : 0;
 }
 
 json_t *ferry_offer_member(json_t *object, const char *key)

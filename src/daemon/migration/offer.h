@@ -24,7 +24,14 @@ void ferry_offer_set_btrfs_features(Migration__MigrationHeader *header, gboolean
 void ferry_offer_set_idmap(Migration__MigrationHeader *header, const char *last_state_idmap_json);
 /* snapshot: a rendered Incus snapshot object (ferry_snapshot_render). */
 void ferry_offer_add_snapshot(Migration__MigrationHeader *header, json_t *snapshot);
-void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes);
+/* ferry's own field: version 1 = rsync keeps hard links; version 2 = ferry's native transport (native.h), with
+ * zstd when compress. An Incus peer ignores the field. */
+#define FERRY_OFFER_VERSION_HARD_LINKS 1
+#define FERRY_OFFER_VERSION_NATIVE 2
+void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes, guint32 version,
+                           gboolean compress);
+/* The version the peer's header offers or agreed to (0: not ferry). */
+guint32 ferry_offer_ferry_version(const Migration__MigrationHeader *header);
 
 /* The index header's Incus "backup config" (Go field names as keys, as Incus sends them). */
 json_t *ferry_offer_index_header(FerryDaemon *daemon, const char *project, json_t *instance, json_t *snapshots,

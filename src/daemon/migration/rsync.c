@@ -173,6 +173,8 @@ GPtrArray *ferry_rsync_receiver_args(const FerryRsyncOptions *options)
     add_feature_args(args, options);
     if (options->hard_links)
         g_ptr_array_add(args, g_strdup("-H"));
+    if (options->link_dest != NULL)
+        g_ptr_array_add(args, g_strdup_printf("--link-dest=%s", options->link_dest));
     return args;
 }
 

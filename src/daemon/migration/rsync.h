@@ -56,6 +56,10 @@ typedef struct {
      * misparse a sender's -H file list and Incus's sender never sends one, so never set this against
      * Incus; both sides must agree (e.g. both offered ferry's own header field). */
     gboolean hard_links;
+    /* Receiver only: files unchanged from this directory's (absolute path) are hard-linked from it rather than
+     * received, and changed ones are built as new files: the receiving directory starts empty and the one
+     * named here is never written (rsync's --link-dest). */
+    const char *link_dest;
     /* Who is at the other end of the channel, for errors ("target", "source"); NULL: "peer". */
     const char *peer;
 } FerryRsyncOptions;

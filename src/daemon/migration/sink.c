@@ -248,18 +248,26 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     gboolean xattrs = FALSE, delete = FALSE, compress = FALSE;
     ferry_rsync_features(&xattrs, &delete, &compress);
     Migration__RsyncFeatures *offered = offer->rsyncfeatures;
-    FerryRsyncOptions options = {0};
-    options.xattrs = xattrs && offered != NULL && offered->xattrs;
-    options.delete = delete && offered != NULL && offered->delete_;
-    options.compress = compress && offered != NULL && offered->compress;
-    options.allow_inconsistent = ferry_json_get_bool(source, "allow_inconsistent", FALSE);
-    ferry_offer_set_rsync_features(response, options.xattrs, options.delete, options.compress, FALSE);
+    FerryTransferOptions options = {0};
+    options.rsync.xattrs = xattrs && offered != NULL && offered->xattrs;
+    options.rsync.delete = delete && offered != NULL && offered->delete_;
+    options.rsync.compress = compress && offered != NULL && offered->compress;
+    options.rsync.allow_inconsistent = ferry_json_get_bool(source, "allow_inconsistent", FALSE);
+    ferry_offer_set_rsync_features(response, options.rsync.xattrs, options.rsync.delete, options.rsync.compress,
+                                   FALSE);
     response->has_indexheaderversion = TRUE;
     response->indexheaderversion = offer->has_indexheaderversion ? MIN(offer->indexheaderversion, 1) : 0;
-    /* Both ends are ferry: rsync also keeps hard links (-H), which Incus's fixed receiver arguments can't. */
-    if (offer->ferry != NULL && offer->ferry->has_version && offer->ferry->version >= 1) {
-        ferry_offer_set_ferry(response, 0);
-        options.hard_links = TRUE;
+    /* Both ends are ferry: the native transport if both allow it, else rsync that also keeps hard links (-H),
+     * which Incus's fixed receiver arguments can't. */
+    guint32 offered_version = ferry_offer_ferry_version(offer);
+    if (offered_version >= FERRY_OFFER_VERSION_HARD_LINKS) {
+        g_autofree char *transport = ferry_db_config_get(daemon->db, "migration.transport");
+        options.native = offered_version >= FERRY_OFFER_VERSION_NATIVE && g_strcmp0(transport, "rsync") != 0;
+        options.zstd = options.native && offer->ferry->has_zstd && offer->ferry->zstd;
+        ferry_offer_set_ferry(response, 0,
+                              options.native ? FERRY_OFFER_VERSION_NATIVE : FERRY_OFFER_VERSION_HARD_LINKS,
+                              options.zstd);
+        options.rsync.hard_links = TRUE;
     }
     response->has_refresh = TRUE;
     response->refresh = FALSE;
@@ -319,13 +327,29 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
     if (pool == NULL)
         return FALSE;
     g_autofree char *live_volume = ferry_instance_volume_name(task->project, task->name);
+    g_autofree char *live_path = NULL;
     const char *volume = live_volume;
     if (task->refresh) {
-        /* A copy-on-write copy of the current data receives the changes; the live volume stays untouched. */
+        /* A copy of the current data receives the changes; the live volume stays untouched. The native
+         * receiver never writes into an existing file, so its copy may share the live volume's files (hard
+         * links on a dir pool: no data copied); rsync changes metadata in place, so it gets a real copy. */
         task->staging = g_strdup_printf("%s.refresh", live_volume);
         ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, task->staging, NULL);
-        if (!ferry_pool_copy_volume(pool, FERRY_VOLUME_CONTAINER, live_volume, FERRY_VOLUME_CONTAINER, task->staging,
-                                    cancellable, error))
+        gboolean staged;
+        if (options.native) {
+            staged = ferry_pool_stage_volume(pool, FERRY_VOLUME_CONTAINER, live_volume, task->staging, cancellable,
+                                             error);
+        } else if (wanted->len == 0 && !final_sync_pass) {
+            /* One rsync run into an empty volume that links what is unchanged from the live one: rsync then
+             * never writes into a file the live volume has. */
+            staged = ferry_pool_create_volume(pool, FERRY_VOLUME_CONTAINER, task->staging, error);
+            live_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, live_volume);
+            options.rsync.link_dest = live_path;
+        } else {
+            staged = ferry_pool_copy_volume(pool, FERRY_VOLUME_CONTAINER, live_volume, FERRY_VOLUME_CONTAINER,
+                                            task->staging, cancellable, error);
+        }
+        if (!staged)
             return FALSE;
         volume = task->staging;
     } else if (use_btrfs) {

@@ -80,7 +80,7 @@ static void thaw(Freeze *freeze)
 }
 
 static gboolean send_volume_pass(FerryDaemon *daemon, SourceTask *task, const char *dir, gboolean running,
-                                 const FerryRsyncOptions *options, FerryTransferProgress *progress,
+                                 const FerryTransferOptions *options, FerryTransferProgress *progress,
                                  GCancellable *cancellable, GError **error)
 {
     Freeze freeze = {0};
@@ -213,7 +213,11 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
                                       &bytes, NULL))
             total += bytes;
     }
-    ferry_offer_set_ferry(offer, total);
+    /* Between ferry servers the native transport, unless this server is set to rsync; Incus ignores it. */
+    g_autofree char *transport = ferry_db_config_get(daemon->db, "migration.transport");
+    gboolean native_allowed = g_strcmp0(transport, "rsync") != 0;
+    ferry_offer_set_ferry(offer, total, native_allowed ? FERRY_OFFER_VERSION_NATIVE : FERRY_OFFER_VERSION_HARD_LINKS,
+                          native_allowed);
     if (!ferry_migration_send_header(control, offer, error)) {
         g_prefix_error(error, "Failed sending migration offer: ");
         return FALSE;
@@ -232,18 +236,24 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
                     response->fs);
         return FALSE;
     }
-    FerryRsyncOptions options = {0};
+    FerryTransferOptions options = {0};
     Migration__RsyncFeatures *agreed = response->rsyncfeatures;
-    options.xattrs = xattrs && agreed != NULL && agreed->xattrs;
-    options.delete = delete && agreed != NULL && agreed->delete_;
-    options.compress = compress && agreed != NULL && agreed->compress;
-    options.allow_inconsistent = task->allow_inconsistent;
-    options.helper_binary = daemon->helper_binary;
-    options.hard_links = response->ferry != NULL && response->ferry->has_version && response->ferry->version >= 1;
-    options.bwlimit_bytes_per_sec = ferry_migration_bandwidth_limit(daemon, pool);
-    /* ferry's own key limits every stream, whatever carries it; rsync's --bwlimit covers the pool's key. */
+    options.rsync.xattrs = xattrs && agreed != NULL && agreed->xattrs;
+    options.rsync.delete = delete && agreed != NULL && agreed->delete_;
+    options.rsync.compress = compress && agreed != NULL && agreed->compress;
+    options.rsync.allow_inconsistent = task->allow_inconsistent;
+    options.rsync.helper_binary = daemon->helper_binary;
+    guint32 agreed_version = ferry_offer_ferry_version(response);
+    options.rsync.hard_links = agreed_version >= FERRY_OFFER_VERSION_HARD_LINKS;
+    options.rsync.bwlimit_bytes_per_sec = ferry_migration_bandwidth_limit(daemon, pool);
+    options.native = native_allowed && agreed_version >= FERRY_OFFER_VERSION_NATIVE;
+    options.zstd = options.native && response->ferry->has_zstd && response->ferry->zstd;
+    /* ferry's own key limits every stream, whatever carries it; rsync's --bwlimit covers the pool's key, and
+     * for the native transport the websocket paces both. */
     g_autofree char *server_limit = ferry_db_config_get(daemon->db, "migration.bandwidth");
-    if (server_limit != NULL)
+    if (options.native && options.rsync.bwlimit_bytes_per_sec > 0)
+        ferry_migration_link_limit(task->link, options.rsync.bwlimit_bytes_per_sec);
+    else if (server_limit != NULL)
         ferry_migration_link_limit(task->link, ferry_migration_bandwidth_limit(daemon, NULL));
 
     /* Everything from here on is watched: a failure report from the target stops us. */

@@ -55,7 +55,7 @@ char *ferry_transfer_failure_reason(const GError *local_error, const char *peer_
     return g_strdup_printf("%s (and then: %s)", local_error->message, peer_failure);
 }
 
-/* rsync reports the running total of the current pass. */
+/* The transports report the running total of the current pass. */
 static void on_bytes(guint64 bytes, gpointer user_data)
 {
     FerryTransferProgress *progress = user_data;
@@ -66,7 +66,7 @@ static void on_bytes(guint64 bytes, gpointer user_data)
                                         MAX(progress->total_bytes, done));
 }
 
-static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryTransferOptions *options,
                          FerryTransferProgress *progress, gboolean sending, GCancellable *cancellable,
                          GError **error)
 {
@@ -76,19 +76,34 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
         return FALSE;
     }
     FerryByteChannel channel = {channel_read, channel_write, channel_end, channel_abort, fs};
-    FerryRsyncOptions pass = *options;
-    pass.peer = sending ? "target" : "source";
-    if (progress != NULL) {
-        pass.progress = on_bytes;
-        pass.progress_data = progress;
+    const char *peer = sending ? "target" : "source";
+    if (progress != NULL)
         progress->pass_bytes = 0;
-    }
     GError *local_error = NULL;
-    gboolean ok = sending ? ferry_rsync_send(dir, &channel, &pass, cancellable, &local_error)
-                          : ferry_rsync_receive(dir, &channel, &pass, cancellable, &local_error);
+    gboolean ok;
+    if (options->native) {
+        FerryNativeOptions pass = {
+            .zstd = options->zstd,
+            .allow_inconsistent = options->rsync.allow_inconsistent,
+            .progress = progress != NULL ? on_bytes : NULL,
+            .progress_data = progress,
+            .peer = peer,
+        };
+        ok = sending ? ferry_native_send(dir, &channel, &pass, cancellable, &local_error)
+                     : ferry_native_receive(dir, &channel, &pass, cancellable, &local_error);
+    } else {
+        FerryRsyncOptions pass = options->rsync;
+        pass.peer = peer;
+        if (progress != NULL) {
+            pass.progress = on_bytes;
+            pass.progress_data = progress;
+        }
+        ok = sending ? ferry_rsync_send(dir, &channel, &pass, cancellable, &local_error)
+                     : ferry_rsync_receive(dir, &channel, &pass, cancellable, &local_error);
+    }
     if (progress != NULL)
         progress->done_bytes += progress->pass_bytes;
-    /* The trouble began at the peer (its rsync stopped, the connection broke): what it says on control, or
+    /* The trouble began at the peer (its side stopped, the connection broke): what it says on control, or
      * that control broke too, tells the user more than our broken stream, and our caller prefers it when it is
      * in. It follows at once unless the peer is stalled; and reporting ours first could make the peer report
      * our consequence instead of its cause. */
@@ -99,13 +114,13 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryR
     return ok;
 }
 
-gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryTransferOptions *options,
                                  FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
 {
     return run_pass(link, dir, options, progress, TRUE, cancellable, error);
 }
 
-gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryTransferOptions *options,
                                     FerryTransferProgress *progress, GCancellable *cancellable, GError **error)
 {
     return run_pass(link, dir, options, progress, FALSE, cancellable, error);

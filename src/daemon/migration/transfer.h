@@ -2,6 +2,7 @@
 #pragma once
 
 #include "link.h"
+#include "native.h"
 #include "operations.h"
 #include "rsync.h"
 
@@ -15,6 +16,13 @@ typedef struct {
     guint64 pass_bytes;       /* internal: bytes of the pass under way */
 } FerryTransferProgress;
 
+/* How a pass moves a directory: rsync (any peer), or ferry's native transport when both ends are ferry. */
+typedef struct {
+    FerryRsyncOptions rsync; /* the RSYNC transport's negotiated options (allow_inconsistent applies to both) */
+    gboolean native;
+    gboolean zstd; /* native: compress the stream */
+} FerryTransferOptions;
+
 /* The fs channel as a byte channel (for transports other than rsync); FALSE when fs is not connected. */
 gboolean ferry_transfer_channel(FerryMigrationLink *link, FerryByteChannel *channel_out, GError **error);
 
@@ -24,9 +32,9 @@ void ferry_transfer_await_peer(FerryMigrationLink *link, const GError *error);
 /* The message a failed side reports: its own error, unless that only echoes the peer's failure. */
 char *ferry_transfer_failure_reason(const GError *local_error, const char *peer_failure);
 
-gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+gboolean ferry_transfer_send_dir(FerryMigrationLink *link, const char *dir, const FerryTransferOptions *options,
                                  FerryTransferProgress *progress, GCancellable *cancellable, GError **error);
-gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryRsyncOptions *options,
+gboolean ferry_transfer_receive_dir(FerryMigrationLink *link, const char *dir, const FerryTransferOptions *options,
                                     FerryTransferProgress *progress, GCancellable *cancellable, GError **error);
 
 G_END_DECLS

@@ -109,6 +109,18 @@ static gboolean dir_copy_tree(const char *src_path, int dst_parent_fd, const cha
     return ferry_storage_copy_tree_cp(src_path, dst_path, cancellable, error);
 }
 
+/* Directories are made anew (with their owners, modes, times and xattrs); everything else is hard-linked. */
+static gboolean dir_share_tree(const char *src_path, int dst_parent_fd, const char *dst_name, const char *dst_path,
+                               GCancellable *cancellable, GError **error)
+{
+    const char *argv[] = {"cp", "-a", "--link", "-T", "--", src_path, dst_path, NULL};
+    if (!ferry_storage_spawn(argv, cancellable, error)) {
+        g_prefix_error(error, "Failed to link a copy of \"%s\": ", src_path);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 const FerryPoolDriver ferry_pool_driver_dir = {
     .name = "dir",
     .rules = NULL,
@@ -119,4 +131,5 @@ const FerryPoolDriver ferry_pool_driver_dir = {
     .source_missing = dir_source_missing,
     .create_volume = dir_create_volume,
     .copy_tree = dir_copy_tree,
+    .share_tree = dir_share_tree,
 };

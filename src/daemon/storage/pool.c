@@ -562,12 +562,16 @@ gboolean ferry_pool_create_volume(FerryPool *pool, FerryVolumeType type, const c
 /* Build dst_dir_fd/name as a copy of src_path under a staging name, then rename it into place: on any
  * failure (or cancellation) the staging entry goes and name was never touched. */
 static gboolean copy_into_place(FerryPool *pool, const char *src_path, int dst_dir_fd,
-                                const char *dst_dir_path, const char *name, gboolean readonly,
+                                const char *dst_dir_path, const char *name, gboolean readonly, gboolean share,
                                 GCancellable *cancellable, GError **error)
 {
     g_autofree char *staging = staging_name();
     g_autofree char *staging_path = g_build_filename(dst_dir_path, staging, NULL);
-    if (!pool->driver->copy_tree(src_path, dst_dir_fd, staging, staging_path, readonly, cancellable, error)) {
+    gboolean copied = share && pool->driver->share_tree != NULL
+                          ? pool->driver->share_tree(src_path, dst_dir_fd, staging, staging_path, cancellable, error)
+                          : pool->driver->copy_tree(src_path, dst_dir_fd, staging, staging_path, readonly,
+                                                    cancellable, error);
+    if (!copied) {
         ferry_tree_delete(dst_dir_fd, staging, NULL);
         return FALSE;
     }
@@ -583,9 +587,8 @@ static gboolean copy_into_place(FerryPool *pool, const char *src_path, int dst_d
     return TRUE;
 }
 
-gboolean ferry_pool_copy_volume(FerryPool *pool, FerryVolumeType src_type, const char *src,
-                                FerryVolumeType dst_type, const char *dst, GCancellable *cancellable,
-                                GError **error)
+static gboolean copy_volume(FerryPool *pool, FerryVolumeType src_type, const char *src, FerryVolumeType dst_type,
+                            const char *dst, gboolean share, GCancellable *cancellable, GError **error)
 {
     if (!check_volume(src_type, src, error) || !check_volume(dst_type, dst, error))
         return FALSE;
@@ -604,11 +607,24 @@ gboolean ferry_pool_copy_volume(FerryPool *pool, FerryVolumeType src_type, const
     }
     g_autofree char *dst_dir = g_build_filename(pool->mount_path, volumes_dir(dst_type), NULL);
     if (ok)
-        ok = copy_into_place(pool, src_path, fd, dst_dir, dst, FALSE, cancellable, error);
+        ok = copy_into_place(pool, src_path, fd, dst_dir, dst, FALSE, share, cancellable, error);
     close(fd);
     if (!ok)
         g_prefix_error(error, "Failed to copy storage volume \"%s\" to \"%s\": ", src, dst);
     return ok;
+}
+
+gboolean ferry_pool_copy_volume(FerryPool *pool, FerryVolumeType src_type, const char *src,
+                                FerryVolumeType dst_type, const char *dst, GCancellable *cancellable,
+                                GError **error)
+{
+    return copy_volume(pool, src_type, src, dst_type, dst, FALSE, cancellable, error);
+}
+
+gboolean ferry_pool_stage_volume(FerryPool *pool, FerryVolumeType type, const char *src, const char *dst,
+                                 GCancellable *cancellable, GError **error)
+{
+    return copy_volume(pool, type, src, type, dst, TRUE, cancellable, error);
 }
 
 gboolean ferry_pool_copy_snapshot_to_volume(FerryPool *pool, FerryVolumeType type, const char *volume,
@@ -632,7 +648,7 @@ gboolean ferry_pool_copy_snapshot_to_volume(FerryPool *pool, FerryVolumeType typ
     }
     g_autofree char *dst_dir = g_build_filename(pool->mount_path, volumes_dir(type), NULL);
     if (ok)
-        ok = copy_into_place(pool, src_path, fd, dst_dir, dst_volume, FALSE, cancellable, error);
+        ok = copy_into_place(pool, src_path, fd, dst_dir, dst_volume, FALSE, FALSE, cancellable, error);
     close(fd);
     if (!ok)
         g_prefix_error(error, "Failed to copy snapshot \"%s/%s\" to \"%s\": ", volume, snapshot, dst_volume);
@@ -655,7 +671,7 @@ static gboolean snapshot_from(FerryPool *pool, FerryVolumeType type, const char 
     }
     g_autofree char *dst_dir = g_build_filename(pool->mount_path, snapshots_dir(type), dst_volume, NULL);
     if (ok)
-        ok = copy_into_place(pool, src_path, fd, dst_dir, dst_snapshot, TRUE, cancellable, error);
+        ok = copy_into_place(pool, src_path, fd, dst_dir, dst_snapshot, TRUE, FALSE, cancellable, error);
     close(fd);
     if (!ok)
         rmdir(dst_dir); /* made for this snapshot and still empty: it would read as a volume's remains */

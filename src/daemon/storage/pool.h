@@ -108,6 +108,11 @@ gboolean ferry_pool_create_volume(FerryPool *pool, FerryVolumeType type, const c
 gboolean ferry_pool_copy_volume(FerryPool *pool, FerryVolumeType src_type, const char *src,
                                 FerryVolumeType dst_type, const char *dst, GCancellable *cancellable,
                                 GError **error);
+/* A copy of src as dst for a writer that never changes an existing file in place (it builds a new file and
+ * renames it over the old one): it may share the files themselves with src. dir: a tree of hard links (cp -a
+ * --link), so no data is copied; btrfs: a snapshot. Anything else writing into dst would change src too. */
+gboolean ferry_pool_stage_volume(FerryPool *pool, FerryVolumeType type, const char *src, const char *dst,
+                                 GCancellable *cancellable, GError **error);
 /* A new volume dst_volume (same type) with the content of volume's snapshot. */
 gboolean ferry_pool_copy_snapshot_to_volume(FerryPool *pool, FerryVolumeType type, const char *volume,
                                             const char *snapshot, const char *dst_volume,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "pool.h"
+#include "tree.h"
 
 #include <sys/stat.h>
 
@@ -40,6 +41,10 @@ struct _FerryPoolDriver {
      * readonly: the copy is a snapshot and should be made read-only where the driver can. */
     gboolean (*copy_tree)(const char *src_path, int dst_parent_fd, const char *dst_name, const char *dst_path,
                           gboolean readonly, GCancellable *cancellable, GError **error);
+    /* Like copy_tree, but the copy may share files with src_path (see ferry_pool_stage_volume); NULL: the
+     * driver's copies already share (copy_tree is used). */
+    gboolean (*share_tree)(const char *src_path, int dst_parent_fd, const char *dst_name, const char *dst_path,
+                           GCancellable *cancellable, GError **error);
 };
 
 typedef gboolean (*FerryConfigCheck)(const char *value, GError **error);
@@ -83,31 +88,7 @@ gboolean ferry_loop_detach_file(const char *file, GError **error);
 /* Names (/dev/loopN) of loop devices backed by file. */
 GPtrArray *ferry_loop_devices_for_file(const char *file);
 
-/* --- tree.c: dirfd walks that never follow symlinks nor cross mounts. --- */
-typedef enum {
-    FERRY_TREE_ENTER, /* a directory, before its children; the callback may clear *descend */
-    FERRY_TREE_LEAVE, /* a directory entered earlier, after its children */
-    FERRY_TREE_OTHER, /* anything but a directory */
-} FerryTreeEvent;
-
-/* dir_fd/name is the entry, relpath its path from the walk's root. For ENTER, *descend starts TRUE when the
- * directory is on the same filesystem (a nested btrfs subvolume counts as the same) and FALSE for a mount
- * point. Returning FALSE with error set stops the walk. */
-typedef gboolean (*FerryTreeFunc)(FerryTreeEvent event, int dir_fd, const char *name, const char *relpath,
-                                  const struct stat *st, gboolean *descend, gpointer user_data,
-                                  GError **error);
-
-/* Walk the tree under root_fd (a directory; not itself reported). Holds two fds at any depth. */
-gboolean ferry_tree_walk(int root_fd, FerryTreeFunc func, gpointer user_data, GError **error);
-/* Remove parent_fd/name whatever it is: file, directory tree, btrfs subvolume (with nested ones).
- * Missing is success. */
-gboolean ferry_tree_delete(int parent_fd, const char *name, GError **error);
-/* Open a directory beneath dir_fd without following symlinks (O_PATH-free: usable for fchmod/ioctl). */
-int ferry_open_dir_at(int dir_fd, const char *name, GError **error);
-/* Open relpath (components separated by '/', no "..") beneath root_fd, following no symlink. */
-int ferry_open_dir_beneath(int root_fd, const char *relpath, GError **error);
-/* Disk blocks of the tree at fd (fd itself included), hard links once. */
-gboolean ferry_tree_usage(int fd, guint64 *bytes_out, GError **error);
+/* --- tree.c (tree.h): dirfd walks that never follow symlinks nor cross mounts. --- */
 
 /* --- btrfs_subvolume.c: btrfs ioctls on dirfds. --- */
 gboolean ferry_btrfs_is_filesystem(int fd);
