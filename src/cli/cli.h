@@ -120,6 +120,8 @@ int cli_cmd_move(Cli *cli, int argc, char **argv, GError **error);
 extern const char cli_transfer_modes_help[];
 int cli_cmd_info(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_exec(Cli *cli, int argc, char **argv, GError **error);
+int cli_cmd_export(Cli *cli, int argc, char **argv, GError **error); /* export.c */
+int cli_cmd_import(Cli *cli, int argc, char **argv, GError **error); /* import.c */
 int cli_cmd_snapshot(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_restore(Cli *cli, int argc, char **argv, GError **error);
 int cli_cmd_profile(Cli *cli, int argc, char **argv, GError **error);

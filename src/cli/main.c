@@ -25,7 +25,12 @@ const CliCommand cli_commands[] = {
      "Mode defaults to non-interactive, interactive mode is selected if both stdin AND stdout are terminals\n"
      "(stderr is ignored).",
      cli_cmd_exec, NULL},
+    {"export", NULL, "[<remote>:]<instance> [<file>|-]", "Export instance backups",
+     "The tarball streams from the server into the file (or stdout with -) as it is made.", cli_cmd_export,
+     NULL},
     {"image", NULL, NULL, "Manage images", NULL, NULL, cli_image_commands},
+    {"import", NULL, "[<remote>:] <backup file>|- [<instance name>]", "Import instance backups", NULL,
+     cli_cmd_import, NULL},
     {"info", NULL, "[<remote>:][<instance>]", "Show instance or server information", NULL, cli_cmd_info,
      NULL},
     {"init", "create", "[<remote>:]<image> [<remote>:][<name>] [flags]", "Create instances from images", NULL,

@@ -1095,14 +1095,15 @@ void ferry_instances_recover(FerryDaemon *daemon)
     json_t *doc;
     json_array_foreach(instances, index, doc) {
         const char *doc_project = ferry_json_get_string(doc, "project");
-        /* A refresh interrupted by a crash leaves its staging copy beside the (intact) instance volume. */
+        /* A refresh or backup import interrupted by a crash leaves its staging copy beside the instance volume. */
         FerryPool *pool = ferry_instance_get_pool(daemon, doc_project != NULL ? doc_project : "default", doc, NULL);
-        if (pool != NULL) {
+        static const char *const staged_by[] = {"refresh", "import"};
+        for (gsize i = 0; pool != NULL && i < G_N_ELEMENTS(staged_by); i++) {
             g_autofree char *volume = ferry_instance_volume_name(doc_project != NULL ? doc_project : "default",
                                                                  ferry_json_get_string(doc, "name"));
-            g_autofree char *staging = g_strdup_printf("%s.refresh", volume);
+            g_autofree char *staging = g_strdup_printf("%s.%s", volume, staged_by[i]);
             if (ferry_pool_volume_exists(pool, FERRY_VOLUME_CONTAINER, staging)) {
-                g_message("Removing the staging copy of an interrupted refresh of \"%s\"",
+                g_message("Removing the staging copy of an interrupted %s of \"%s\"", staged_by[i],
                           ferry_json_get_string(doc, "name"));
                 ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, staging, NULL);
             }

@@ -632,7 +632,7 @@ static void on_wrote_body_data(SoupMessage *msg, guint chunk_size, gpointer user
     upload->done += chunk_size;
     gint64 now = g_get_monotonic_time();
     /* Reports at most ten times a second, and always the last chunk. */
-    if (now - upload->last_report < G_USEC_PER_SEC / 10 && upload->done < upload->total)
+    if (now - upload->last_report < G_USEC_PER_SEC / 10 && (upload->total < 0 || upload->done < upload->total))
         return;
     upload->last_report = now;
     double elapsed = (double)(now - upload->started) / G_USEC_PER_SEC;
@@ -653,12 +653,18 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
         g_file_input_stream_query_info(input, G_FILE_ATTRIBUTE_STANDARD_SIZE, NULL, error);
     if (info == NULL)
         return NULL;
+    return ferry_client_upload_stream(client, method, path, G_INPUT_STREAM(input), g_file_info_get_size(info),
+                                      headers, progress, user_data, error);
+}
 
+FerryResponse *ferry_client_upload_stream(FerryClient *client, const char *method, const char *path,
+                                          GInputStream *input, gint64 size, const char *const *headers,
+                                          FerryProgressFunc progress, gpointer user_data, GError **error)
+{
     g_autoptr(SoupMessage) msg = new_message(client, method, path, error);
     if (msg == NULL)
         return NULL;
-    gint64 size = g_file_info_get_size(info);
-    soup_message_set_request_body(msg, "application/octet-stream", G_INPUT_STREAM(input), size);
+    soup_message_set_request_body(msg, "application/octet-stream", input, size);
     SoupMessageHeaders *request_headers = soup_message_get_request_headers(msg);
     for (gsize i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2)
         soup_message_headers_replace(request_headers, headers[i], headers[i + 1]);
@@ -673,6 +679,103 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
     if (reply == NULL)
         return NULL;
     return parse_response(client, msg, reply, error);
+}
+
+typedef struct {
+    gboolean done;
+    GInputStream *stream;
+    gssize count;
+    GError *error;
+} StreamState;
+
+static void on_stream_sent(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    StreamState *state = user_data;
+    state->stream = soup_session_send_finish(SOUP_SESSION(source), result, &state->error);
+    state->done = TRUE;
+}
+
+static void on_stream_read(GObject *source, GAsyncResult *result, gpointer user_data)
+{
+    StreamState *state = user_data;
+    state->count = g_input_stream_read_finish(G_INPUT_STREAM(source), result, &state->error);
+    state->done = TRUE;
+}
+
+/* One read of up to size bytes, running the client's context meanwhile: -1 with error, 0 at the end. */
+static gssize read_some(FerryClient *client, GInputStream *stream, void *buffer, gsize size, GError **error)
+{
+    StreamState state = {0};
+    g_input_stream_read_async(stream, buffer, size, G_PRIORITY_DEFAULT, NULL, on_stream_read, &state);
+    while (!state.done)
+        g_main_context_iteration(client->context, TRUE);
+    if (state.error != NULL) {
+        g_propagate_error(error, state.error);
+        return -1;
+    }
+    return state.count;
+}
+
+#define DOWNLOAD_CHUNK (256 * 1024)
+
+gboolean ferry_client_download(FerryClient *client, const char *path, GOutputStream *out,
+                               FerryDownloadStartFunc started, FerryProgressFunc progress, gpointer user_data,
+                               GError **error)
+{
+    g_autoptr(SoupMessage) msg = new_message(client, "GET", path, error);
+    if (msg == NULL)
+        return FALSE;
+    g_autoptr(GMainContextPusher) pusher = g_main_context_pusher_new(client->context);
+    StreamState state = {0};
+    soup_session_send_async(client->session, msg, G_PRIORITY_DEFAULT, NULL, on_stream_sent, &state);
+    while (!state.done)
+        g_main_context_iteration(client->context, TRUE);
+    if (state.error != NULL) {
+        set_transport_error(client, state.error, error);
+        g_error_free(state.error);
+        return FALSE;
+    }
+    g_autoptr(GInputStream) stream = state.stream;
+    g_autofree guint8 *buffer = g_malloc(DOWNLOAD_CHUNK);
+    if (!SOUP_STATUS_IS_SUCCESSFUL(soup_message_get_status(msg))) {
+        g_autoptr(GByteArray) body = g_byte_array_new();
+        gssize n;
+        while ((n = read_some(client, stream, buffer, DOWNLOAD_CHUNK, NULL)) > 0 && body->len < 1024 * 1024)
+            g_byte_array_append(body, buffer, n);
+        g_autoptr(GBytes) bytes = g_byte_array_free_to_bytes(g_steal_pointer(&body));
+        g_autoptr(FerryResponse) response = parse_response(client, msg, bytes, error);
+        if (response != NULL) {
+            g_set_error(error, FERRY_ERROR, (int)soup_message_get_status(msg), "Download of %s failed: %u %s", path,
+                        soup_message_get_status(msg), soup_message_get_reason_phrase(msg));
+        }
+        return FALSE;
+    }
+    if (started != NULL)
+        started(soup_message_headers_get_one(soup_message_get_response_headers(msg), "X-Ferry-Operation"),
+                user_data);
+    gint64 received = 0, started_at = g_get_monotonic_time(), last_report = 0;
+    for (;;) {
+        g_autoptr(GError) read_error = NULL;
+        gssize n = read_some(client, stream, buffer, DOWNLOAD_CHUNK, &read_error);
+        if (n < 0) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "Download from %s ended early: %s",
+                        client->address, read_error->message);
+            return FALSE;
+        }
+        if (n == 0)
+            break;
+        if (!g_output_stream_write_all(out, buffer, n, NULL, NULL, error))
+            return FALSE;
+        received += n;
+        gint64 now = g_get_monotonic_time();
+        if (progress != NULL && now - last_report >= G_USEC_PER_SEC / 10) {
+            last_report = now;
+            double elapsed = (double)(now - started_at) / G_USEC_PER_SEC;
+            FerryProgress report = {"Receiving", NULL, received, -1, elapsed > 0.2 ? (gint64)(received / elapsed) : -1};
+            progress(&report, user_data);
+        }
+    }
+    return TRUE;
 }
 
 typedef struct {

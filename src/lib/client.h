@@ -127,6 +127,23 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
                                         const char *file_path, const char *const *headers,
                                         FerryProgressFunc progress, gpointer user_data, GError **error);
 
+/* The same with the body from a stream of size bytes (-1: unknown, sent chunked), e.g. stdin. */
+FerryResponse *ferry_client_upload_stream(FerryClient *client, const char *method, const char *path,
+                                          GInputStream *input, gint64 size, const char *const *headers,
+                                          FerryProgressFunc progress, gpointer user_data, GError **error);
+
+/* Called once a download's response headers are in, with its X-Ferry-Operation header (the operation that
+ * produces the body on a ferry server; NULL elsewhere). */
+typedef void (*FerryDownloadStartFunc)(const char *operation, gpointer user_data);
+
+/* GET path and write the body to out as it arrives (never all in memory), running the client's context
+ * between reads so that other work on it (an operation watch) goes on. progress gets the bytes received
+ * (total unknown). An error response becomes a GError as for ferry_client_request; a body that ends early
+ * (a chunked response cut short) is FERRY_ERROR_UNAVAILABLE. */
+gboolean ferry_client_download(FerryClient *client, const char *path, GOutputStream *out,
+                               FerryDownloadStartFunc started, FerryProgressFunc progress, gpointer user_data,
+                               GError **error);
+
 /* Open a websocket on path (e.g. "/1.0/events?type=operation"). */
 SoupWebsocketConnection *ferry_client_websocket(FerryClient *client, const char *path, GError **error);
 

@@ -23,6 +23,8 @@ typedef struct {
     char *volume;
     char *staging;      /* btrfs: the subvolume a snapshot is extracted into before it becomes one */
     gboolean prepared;  /* the "creating" row exists */
+    gboolean volume_created;
+    gboolean instance_done;
     gboolean privileged;
     json_t *snapshot_docs; /* name -> snapshot row */
     json_t *config_updates;
@@ -165,26 +167,36 @@ static char *on_tree_begin(const char *snapshot, guint32 *shift, gpointer user_d
 {
     ImportState *state = user_data;
     *shift = state->privileged ? 0 : FERRY_IDMAP_DEFAULT_BASE;
-    if (snapshot == NULL) {
-        if (!ferry_pool_create_volume(state->pool, FERRY_VOLUME_CONTAINER, state->volume, error))
-            return NULL;
-        return ferry_pool_volume_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume);
-    }
-    if (g_str_equal(ferry_pool_get_driver(state->pool), "dir")) {
+    gboolean dir_driver = g_str_equal(ferry_pool_get_driver(state->pool), "dir");
+    if (snapshot != NULL && dir_driver) {
         /* On dir a snapshot is a plain directory: extract straight into it. */
         g_autofree char *path = ferry_pool_snapshot_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume, snapshot);
         g_autofree char *parent = g_path_get_dirname(path);
-        if ((g_mkdir(parent, 0700) < 0 && errno != EEXIST) || !make_dir(path, 0711, error)) {
-            if (error != NULL && *error == NULL)
-                ferry_set_error_errno(error, errno, "Failed to create %s", parent);
+        if (g_mkdir(parent, 0700) < 0 && errno != EEXIST) {
+            ferry_set_error_errno(error, errno, "Failed to create %s", parent);
             return NULL;
         }
+        if (!make_dir(path, 0711, error))
+            return NULL;
         return g_steal_pointer(&path);
     }
-    /* Elsewhere a snapshot is made from a volume (a read-only btrfs subvolume): extract into a staging volume
-     * that a restart would sweep away, snapshot it, move the snapshot across. */
+    if (!state->volume_created) {
+        if (!ferry_pool_create_volume(state->pool, FERRY_VOLUME_CONTAINER, state->volume, error))
+            return NULL;
+        state->volume_created = TRUE;
+        return ferry_pool_volume_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume);
+    }
+    if (state->instance_done) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup: snapshot \"%s\" comes after the instance (snapshots come first, oldest first)",
+                    snapshot);
+        return NULL;
+    }
+    /* A snapshot here is made from the volume (btrfs: a read-only subvolume snapshot): each later tree is
+     * extracted into a staging volume (removed by ferry_instances_recover after a crash) that then takes the
+     * volume's place, and the volume is snapshotted again. */
     g_free(state->staging);
-    state->staging = g_strdup_printf(".ferry-tmp-import-%s", state->volume);
+    state->staging = g_strdup_printf("%s.import", state->volume);
     ferry_pool_delete_volume(state->pool, FERRY_VOLUME_CONTAINER, state->staging, NULL);
     if (!ferry_pool_create_volume(state->pool, FERRY_VOLUME_CONTAINER, state->staging, error))
         return NULL;
@@ -194,15 +206,18 @@ static char *on_tree_begin(const char *snapshot, guint32 *shift, gpointer user_d
 static gboolean on_tree_end(const char *snapshot, gpointer user_data, GError **error)
 {
     ImportState *state = user_data;
-    if (snapshot == NULL || state->staging == NULL)
+    if (snapshot == NULL)
+        state->instance_done = TRUE;
+    if (snapshot != NULL && g_str_equal(ferry_pool_get_driver(state->pool), "dir"))
         return TRUE;
-    if (!ferry_pool_create_snapshot(state->pool, FERRY_VOLUME_CONTAINER, state->staging, snapshot, error) ||
-        !ferry_pool_move_snapshot(state->pool, FERRY_VOLUME_CONTAINER, state->staging, snapshot, state->volume,
-                                  error) ||
-        !ferry_pool_delete_volume(state->pool, FERRY_VOLUME_CONTAINER, state->staging, error))
-        return FALSE;
-    g_clear_pointer(&state->staging, g_free);
-    return TRUE;
+    if (state->staging != NULL) {
+        if (!ferry_pool_exchange_volumes(state->pool, FERRY_VOLUME_CONTAINER, state->volume, state->staging, error) ||
+            !ferry_pool_delete_volume(state->pool, FERRY_VOLUME_CONTAINER, state->staging, error))
+            return FALSE;
+        g_clear_pointer(&state->staging, g_free);
+    }
+    return snapshot == NULL ||
+           ferry_pool_create_snapshot(state->pool, FERRY_VOLUME_CONTAINER, state->volume, snapshot, error);
 }
 
 static void on_progress(guint64 done, guint64 total, gpointer user_data)

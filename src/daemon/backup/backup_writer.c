@@ -102,7 +102,7 @@ FerryBackupWriter *ferry_backup_writer_new(FerryBackupCompression compression, F
     writer->zeros = g_malloc0(DATA_CHUNK);
     writer->entry = archive_entry_new();
     writer->archive = archive_write_new();
-    archive_write_set_format_pax_restricted(writer->archive);
+    archive_write_set_format_pax(writer->archive);
     g_autofree char *threads = g_strdup_printf("%u", MAX(g_get_num_processors(), 1));
     int r = ARCHIVE_OK;
     switch (compression) {
