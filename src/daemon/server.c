@@ -104,6 +104,11 @@ static gboolean accept_any_client_certificate(SoupServerMessage *msg, GTlsCertif
 static void on_request_started(SoupServer *server, SoupServerMessage *msg, gpointer user_data)
 {
     FerryDaemon *daemon = user_data;
+    /* No keep-alive: libsoup 3.2 never closes a kept-alive connection that the client closes while it waits
+     * for the next request (fixed in 3.3 by libsoup commit d20c6601), so every such connection stayed open
+     * for good, in CLOSE-WAIT. With "close" it hangs up itself once the response is out. The websocket
+     * upgrade takes this header off again (accept_upgrade). */
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Connection", "close");
     if (server != daemon->unix_server)
         g_object_set_data(G_OBJECT(msg), "ferry-https", GINT_TO_POINTER(TRUE));
     g_signal_connect(msg, "accept-certificate", G_CALLBACK(accept_any_client_certificate), NULL);
@@ -224,30 +229,49 @@ SoupServer *ferry_server_new_https(FerryDaemon *daemon, const char *address, GEr
     return server;
 }
 
+/* Kept on the message until the 101 is out. If the client goes away before (or the server drops the message
+ * for any other reason), finalizing the message frees it, so the caller's data is never lost. */
+#define PENDING_UPGRADE_KEY "ferry-pending-upgrade"
+
 typedef struct {
     FerryWebsocketReadyFunc ready;
     FerryStreamReadyFunc stream_ready;
     gpointer user_data;
+    GDestroyNotify destroy;
 } PendingUpgrade;
+
+static void pending_upgrade_free(gpointer data)
+{
+    PendingUpgrade *pending = data;
+    if (pending->destroy != NULL)
+        pending->destroy(pending->user_data);
+    g_free(pending);
+}
 
 static void on_upgrade_written(SoupServerMessage *msg, gpointer user_data)
 {
-    PendingUpgrade *pending = user_data;
     g_signal_handlers_disconnect_by_func(msg, on_upgrade_written, user_data);
+    PendingUpgrade *pending = g_object_steal_data(G_OBJECT(msg), PENDING_UPGRADE_KEY);
+    if (pending == NULL)
+        return;
+    /* Stealing may drop libsoup's last reference to msg, whose URI is still needed. */
+    g_autoptr(SoupServerMessage) msg_ref = g_object_ref(msg);
     /* The 101 response is out: from here the connection is ours. */
-    GIOStream *stream = soup_server_message_steal_connection(msg);
+    g_autoptr(GIOStream) stream = soup_server_message_steal_connection(msg);
+    if (stream == NULL) {
+        pending_upgrade_free(pending);
+        return;
+    }
     if (pending->stream_ready != NULL) {
         pending->stream_ready(stream, pending->user_data);
     } else {
         GUri *uri = soup_server_message_get_uri(msg);
-        SoupWebsocketConnection *connection =
+        g_autoptr(SoupWebsocketConnection) connection =
             soup_websocket_connection_new(stream, uri, SOUP_WEBSOCKET_CONNECTION_SERVER, NULL, NULL, NULL);
         soup_websocket_connection_set_max_incoming_payload_size(connection, 128 * 1024 * 1024);
         pending->ready(connection, pending->user_data);
-        g_object_unref(connection);
     }
-    g_object_unref(stream);
-    g_free(pending);
+    pending_upgrade_free(pending);
 }
 
 static gboolean accept_upgrade(SoupServerMessage *msg, PendingUpgrade *pending, GError **error)
@@ -256,28 +280,34 @@ static gboolean accept_upgrade(SoupServerMessage *msg, PendingUpgrade *pending, 
         g_prefix_error(error, "Bad websocket handshake: ");
         if (*error != NULL)
             (*error)->code = FERRY_ERROR_INVALID;
+        /* Not taken: the caller still owns its data. */
         g_free(pending);
         return FALSE;
     }
+    /* The 101 says "Connection: Upgrade" alone, not the "close" that every other response carries. */
+    soup_message_headers_remove(soup_server_message_get_response_headers(msg), "Connection");
     soup_websocket_server_process_handshake(msg, NULL, NULL, NULL, NULL);
+    g_object_set_data_full(G_OBJECT(msg), PENDING_UPGRADE_KEY, pending, pending_upgrade_free);
     g_signal_connect(msg, "wrote-informational", G_CALLBACK(on_upgrade_written), pending);
     return TRUE;
 }
 
 gboolean ferry_server_accept_websocket(SoupServerMessage *msg, FerryWebsocketReadyFunc ready, gpointer user_data,
-                                       GError **error)
+                                       GDestroyNotify destroy, GError **error)
 {
     PendingUpgrade *pending = g_new0(PendingUpgrade, 1);
     pending->ready = ready;
     pending->user_data = user_data;
+    pending->destroy = destroy;
     return accept_upgrade(msg, pending, error);
 }
 
 gboolean ferry_server_accept_stream(SoupServerMessage *msg, FerryStreamReadyFunc ready, gpointer user_data,
-                                    GError **error)
+                                    GDestroyNotify destroy, GError **error)
 {
     PendingUpgrade *pending = g_new0(PendingUpgrade, 1);
     pending->stream_ready = ready;
     pending->user_data = user_data;
+    pending->destroy = destroy;
     return accept_upgrade(msg, pending, error);
 }

@@ -10,13 +10,18 @@ typedef struct {
     char *project;
 } Subscription;
 
+static void subscription_free(gpointer data)
+{
+    Subscription *subscription = data;
+    g_free(subscription->types);
+    g_free(subscription->project);
+    g_free(subscription);
+}
+
 static void on_connected(SoupWebsocketConnection *connection, gpointer user_data)
 {
     Subscription *subscription = user_data;
     ferry_events_subscribe(subscription->events, connection, subscription->types, subscription->project);
-    g_free(subscription->types);
-    g_free(subscription->project);
-    g_free(subscription);
 }
 
 FerryResponse *api_events_get(FerryRequest *request)
@@ -29,10 +34,8 @@ FerryResponse *api_events_get(FerryRequest *request)
     const char *all = ferry_request_query(request, "all-projects");
     subscription->project = project != NULL && (all == NULL || !g_str_equal(all, "true")) ? g_strdup(project) : NULL;
     GError *error = NULL;
-    if (!ferry_server_accept_websocket(request->msg, on_connected, subscription, &error)) {
-        g_free(subscription->types);
-        g_free(subscription->project);
-        g_free(subscription);
+    if (!ferry_server_accept_websocket(request->msg, on_connected, subscription, subscription_free, &error)) {
+        subscription_free(subscription);
         return ferry_response_error(error);
     }
     return ferry_response_handled();

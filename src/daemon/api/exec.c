@@ -246,6 +246,11 @@ static void on_channel_ready(SoupWebsocketConnection *connection, gpointer user_
         g_signal_connect(connection, "message", G_CALLBACK(on_control_message), session);
     }
     ferry_operation_mark_connected(pending->op);
+}
+
+static void pending_channel_free(gpointer data)
+{
+    PendingChannel *pending = data;
     ferry_operation_unref(pending->op);
     g_free(pending);
 }
@@ -261,9 +266,8 @@ static gboolean connect_channel(FerryOperation *op, gpointer data, SoupServerMes
         pending->op = ferry_operation_ref(op);
         pending->session = session;
         pending->channel = i;
-        if (!ferry_server_accept_websocket(msg, on_channel_ready, pending, error)) {
-            ferry_operation_unref(pending->op);
-            g_free(pending);
+        if (!ferry_server_accept_websocket(msg, on_channel_ready, pending, pending_channel_free, error)) {
+            pending_channel_free(pending);
             return FALSE;
         }
         return TRUE;

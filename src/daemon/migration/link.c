@@ -124,6 +124,11 @@ static void on_stream(GIOStream *stream, gpointer user_data)
         g_hash_table_insert(link->channels, g_strdup(pending->channel), ferry_websocket_new(stream, FALSE));
     g_cond_broadcast(&link->changed);
     g_mutex_unlock(&link->lock);
+}
+
+static void pending_channel_free(gpointer data)
+{
+    PendingChannel *pending = data;
     ferry_operation_unref(pending->op);
     g_free(pending->channel);
     g_free(pending);
@@ -137,10 +142,8 @@ gboolean ferry_migration_link_connect(FerryMigrationLink *link, FerryOperation *
     /* The operation keeps the link alive until the stream arrives. */
     pending->op = ferry_operation_ref(op);
     pending->channel = g_strdup(channel);
-    if (!ferry_server_accept_stream(msg, on_stream, pending, error)) {
-        ferry_operation_unref(pending->op);
-        g_free(pending->channel);
-        g_free(pending);
+    if (!ferry_server_accept_stream(msg, on_stream, pending, pending_channel_free, error)) {
+        pending_channel_free(pending);
         return FALSE;
     }
     return TRUE;
