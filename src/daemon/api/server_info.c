@@ -19,6 +19,9 @@ static const char *const api_extensions[] = {
     "instance_all_projects", "container_full", "projects", "certificate_token", "container_exec_user_group_cwd",
     "api_os", "explicit_trust_token", "container_push_target", "migration_progress", "instance_snapshot_never",
     "operation_description", "image_profiles", "server_supported_storage_drivers", "api_filtering", "instance_create_start", "resources", "instance_allow_inconsistent_copy", "container_incremental_copy",
+    /* export and import (api/backups.c) */
+    "container_backup", "container_backup_override_pool", "backup_override_name", "backup_compression",
+    "backup_compression_algorithm",
 };
 
 /* Server config keys users may set. */
