@@ -359,3 +359,55 @@ def test_btrfs_to_btrfs_uses_btrfs_streams(server_factory, busybox_image, mode):
     assert b.exec("c1", ["cat", "/root/f"])[1] == b"three\n"
     b.call("PUT", "/1.0/instances/c1", {"restore": "snap0"})
     assert b.exec("c1", ["cat", "/root/f"])[1] == b"one\n"
+
+
+# --- ferry's native transport (both ends ferry) ---------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["native", "rsync"])
+def test_transport_between_ferry_servers(pair, transport):
+    """Between ferry servers the native transport is the default; migration.transport=rsync (on either side)
+    keeps rsync. Either way the copy is exact, hard links included."""
+    a, b = pair
+    if transport == "rsync":
+        b.call("PATCH", "/1.0", {"config": {"migration.transport": "rsync"}})
+    prepare_c1(a)
+    assert_success(migrate(a, b, "c1"))
+    assert tree_digest(rootfs(a, "c1")) == tree_digest(rootfs(b, "c1"))
+    hard = os.stat(os.path.join(rootfs(b, "c1"), "root", "hard"))
+    assert hard.st_ino == os.stat(os.path.join(rootfs(b, "c1"), "root", "f")).st_ino
+    expected = "ferry's native transport (zstd)" if transport == "native" else "rsync"
+    assert f'Migrating "c1" to the target with {expected}' in a.log()
+
+
+def test_migration_transport_bad_value(pair):
+    a, _ = pair
+    status, env = a.api("PATCH", "/1.0", {"config": {"migration.transport": "carrier-pigeon"}})
+    assert status == 400, env
+    assert 'Invalid value for "migration.transport": "carrier-pigeon"' in env["error"]
+    assert "migration.transport" not in a.call("GET", "/1.0")["config"]
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_native_refresh_sends_only_changed_blocks(pair, mode):
+    """A refresh after 64 KiB changed inside a 16 MiB file sends that block, not the file; the result is exact
+    and the live copy was never written in place (its old inode keeps the old bytes until the swap)."""
+    a, b = pair
+    a.launch("c1")
+    a.call("PUT", "/1.0/instances/c1/state", {"action": "stop", "force": True})
+    big = os.path.join(rootfs(a, "c1"), "root", "big")
+    with open(big, "wb") as f:
+        f.write(os.urandom(16 << 20))
+    assert_success(migrate(a, b, "c1", mode=mode))
+    with open(big, "r+b") as f:
+        f.seek(5 << 20)
+        f.write(os.urandom(64 << 10))
+    os.chmod(os.path.join(rootfs(a, "c1"), "root"), 0o750)
+    old_target = open(os.path.join(rootfs(b, "c1"), "root", "big"), "rb")  # the live file before the refresh
+    old_bytes = old_target.read()
+    src_op, dst_op = migrate_refresh(a, b, "c1", mode=mode)
+    assert_success((src_op, dst_op))
+    assert tree_digest(rootfs(a, "c1")) == tree_digest(rootfs(b, "c1"))
+    old_target.seek(0)
+    assert old_target.read() == old_bytes
+    old_target.close()
+    sent = src_op["metadata"]["progress"]["done"]
+    assert sent < (1 << 20), f"{sent} bytes of file data sent for a 64 KiB change"

@@ -25,7 +25,8 @@ G_BEGIN_DECLS
 
 typedef struct {
     gboolean zstd; /* compress each phase (negotiated: both sides must agree) */
-    /* Sender: files that vanish or change type during the walk are skipped (a running instance). */
+    /* Sender: entries that vanish during the walk are skipped (a running instance that is not frozen);
+     * otherwise a vanishing entry fails the pass. */
     gboolean allow_inconsistent;
     /* Payload bytes of file data sent (sender) or received (receiver) in this pass. Called often. */
     FerryBytesFunc progress;

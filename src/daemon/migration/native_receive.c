@@ -191,11 +191,21 @@ static GPtrArray *read_candidates(Receiver *receiver, FerryByteChannel *channel,
     return g_steal_pointer(&candidates);
 }
 
+/* Open dir_fd/name for reading only if it is a regular file: opening a device node the sender names could
+ * have effects of its own. */
+static int open_regular(int dir_fd, const char *name)
+{
+    struct stat st;
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+        return -1;
+    return openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+}
+
 static gboolean digest_file(Receiver *receiver, FerryNativeWriter *writer, const char *relpath, GError **error)
 {
     const char *name = NULL;
     int dir_fd = parent_of(receiver, relpath, &name, NULL);
-    int fd = dir_fd >= 0 ? openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) : -1;
+    int fd = dir_fd >= 0 ? open_regular(dir_fd, name) : -1;
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         /* Not a regular file here (any more): no digests, and the sender sends the whole file. */
@@ -352,7 +362,7 @@ static gboolean apply_file(Receiver *receiver, const char *relpath, const FerryN
     }
     gboolean ok = TRUE;
     if (patch) {
-        int old = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        int old = open_regular(dir_fd, name);
         struct stat st;
         if (old < 0 || fstat(old, &st) < 0 || !S_ISREG(st.st_mode)) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "No file \"%s\" to patch", relpath);

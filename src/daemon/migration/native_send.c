@@ -69,6 +69,18 @@ static void count_data(Sender *sender, gsize bytes)
     }
 }
 
+/* An entry gone since its directory was read: as if we had walked a moment later, when the user accepted an
+ * inconsistent copy of a running instance (which is not frozen then); otherwise something changed a volume
+ * that should be still, and the copy would not be the point-in-time one promised. */
+static gboolean vanished(Sender *sender, const char *relpath, GError **error)
+{
+    if (sender->options->allow_inconsistent)
+        return TRUE;
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_CONFLICT,
+                "\"%s\" vanished while it was being sent: the instance changed during the copy", relpath);
+    return FALSE;
+}
+
 /* ---- phases A to C ---- */
 
 static gboolean read_manifest(Sender *sender, FerryByteChannel *channel, GError **error)
@@ -314,7 +326,7 @@ static gboolean send_regular(Sender *sender, int dir_fd, const char *name, const
         fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT)
-            return TRUE; /* gone since the directory was read */
+            return vanished(sender, relpath, error);
         ferry_set_error_errno(error, errno, "Failed to open \"%s\"", relpath);
         return FALSE;
     }
@@ -358,10 +370,9 @@ static gboolean on_entry(FerryTreeEvent event, int dir_fd, const char *name, con
         return FALSE;
     g_auto(FerryNativeMeta) meta = {0};
     if (!ferry_native_meta_read(dir_fd, name, st, &meta, error)) {
-        /* Gone since the directory was read: as if we had walked a moment later. */
         if (g_error_matches(*error, FERRY_ERROR, FERRY_ERROR_NOT_FOUND)) {
             g_clear_error(error);
-            return TRUE;
+            return vanished(sender, relpath, error);
         }
         g_prefix_error(error, "%s: ", relpath);
         return FALSE;
@@ -372,7 +383,7 @@ static gboolean on_entry(FerryTreeEvent event, int dir_fd, const char *name, con
         ssize_t n = readlinkat(dir_fd, name, target, PATH_MAX);
         if (n < 0) {
             if (errno == ENOENT)
-                return TRUE;
+                return vanished(sender, relpath, error);
             ferry_set_error_errno(error, errno, "Failed to read the symlink \"%s\"", relpath);
             return FALSE;
         }

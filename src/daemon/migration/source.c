@@ -248,6 +248,10 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
     options.rsync.bwlimit_bytes_per_sec = ferry_migration_bandwidth_limit(daemon, pool);
     options.native = native_allowed && agreed_version >= FERRY_OFFER_VERSION_NATIVE;
     options.zstd = options.native && response->ferry->has_zstd && response->ferry->zstd;
+    g_message("Migrating \"%s\" to the target with %s", task->name,
+              use_btrfs       ? "btrfs send/receive"
+              : options.native ? (options.zstd ? "ferry's native transport (zstd)" : "ferry's native transport")
+                               : "rsync");
     /* ferry's own key limits every stream, whatever carries it; rsync's --bwlimit covers the pool's key, and
      * for the native transport the websocket paces both. */
     g_autofree char *server_limit = ferry_db_config_get(daemon->db, "migration.bandwidth");
