@@ -32,6 +32,12 @@ typedef struct {
     FerryBytesFunc progress;
     gpointer progress_data;
     const char *peer; /* "target" / "source", for messages */
+    /* Receiver: the tree dest_dir is being made a copy of, by another thread, while the pass starts. What we
+     * have (phases A and C) is read from here, and dest_dir is only opened once wait_ready has returned TRUE,
+     * before the changes (phase D). NULL: dest_dir is ready and is read itself. */
+    const char *basis_dir;
+    gboolean (*wait_ready)(gpointer data, GError **error);
+    gpointer wait_data;
 } FerryNativeOptions;
 
 /* Errors: FERRY_ERROR_UNAVAILABLE when the channel failed (the peer's account on control is the better

@@ -36,7 +36,8 @@ static void dir_times_free(gpointer data)
 typedef struct {
     const FerryNativeOptions *options;
     GCancellable *cancellable;
-    int root_fd;
+    int root_fd;  /* the receiving directory (phase D) */
+    int basis_fd; /* what we have (phases A and C): root_fd, or the tree root_fd is a copy of */
     /* The directory of the last entry: entries come in walk order, so most share it. */
     char *parent_path;
     int parent_fd;
@@ -156,7 +157,7 @@ static gboolean send_manifest(Receiver *receiver, FerryByteChannel *channel, GEr
     g_autoptr(FerryNativeWriter) writer =
         ferry_native_writer_new(channel, receiver->options->zstd, receiver->options->peer);
     ManifestWalk walk = {writer, receiver->cancellable};
-    if (!ferry_tree_walk(receiver->root_fd, on_manifest_entry, &walk, error))
+    if (!ferry_tree_walk(receiver->basis_fd, on_manifest_entry, &walk, error))
         return FALSE;
     ferry_native_put_u8(writer, NATIVE_END);
     return ferry_native_writer_end(writer, error);
@@ -203,9 +204,13 @@ static int open_regular(int dir_fd, const char *name)
 
 static gboolean digest_file(Receiver *receiver, FerryNativeWriter *writer, const char *relpath, GError **error)
 {
-    const char *name = NULL;
-    int dir_fd = parent_of(receiver, relpath, &name, NULL);
+    const char *slash = strrchr(relpath, '/');
+    const char *name = slash != NULL ? slash + 1 : relpath;
+    g_autofree char *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
+    int dir_fd = ferry_open_dir_beneath(receiver->basis_fd, parent, NULL);
     int fd = dir_fd >= 0 ? open_regular(dir_fd, name) : -1;
+    if (dir_fd >= 0)
+        close(dir_fd);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         /* Not a regular file here (any more): no digests, and the sender sends the whole file. */
@@ -681,10 +686,12 @@ gboolean ferry_native_receive(const char *dest_dir, FerryByteChannel *channel, c
         .dir_times = g_ptr_array_new_with_free_func(dir_times_free),
         .buffer = g_malloc(BUFFER_SIZE),
     };
-    receiver.root_fd = open(dest_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    gboolean ok = receiver.root_fd >= 0;
+    receiver.root_fd = receiver.basis_fd = -1;
+    const char *basis_dir = options->basis_dir != NULL ? options->basis_dir : dest_dir;
+    receiver.basis_fd = open(basis_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    gboolean ok = receiver.basis_fd >= 0;
     if (!ok)
-        ferry_set_error_errno(error, errno, "Failed to open \"%s\"", dest_dir);
+        ferry_set_error_errno(error, errno, "Failed to open \"%s\"", basis_dir);
     /* A cancel must also free a side blocked on the channel (a stalled peer): aborting it does. */
     gulong cancel_id = cancellable != NULL ? g_cancellable_connect(cancellable, G_CALLBACK(abort_channel), channel,
                                                                    NULL)
@@ -692,6 +699,17 @@ gboolean ferry_native_receive(const char *dest_dir, FerryByteChannel *channel, c
     ok = ok && send_manifest(&receiver, channel, error);
     g_autoptr(GPtrArray) candidates = ok ? read_candidates(&receiver, channel, error) : NULL;
     ok = candidates != NULL && send_digests(&receiver, channel, candidates, error);
+    if (ok && options->basis_dir != NULL) {
+        ok = options->wait_ready == NULL || options->wait_ready(options->wait_data, error);
+        if (ok)
+            receiver.root_fd = open(dest_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (ok && receiver.root_fd < 0)
+            ok = fail_errno(error, "open", dest_dir);
+    } else if (ok) {
+        receiver.root_fd = dup(receiver.basis_fd);
+        if (receiver.root_fd < 0)
+            ok = fail_errno(error, "open", dest_dir);
+    }
     ok = ok && receive_changes(&receiver, channel, error);
     if (ok) {
         /* Phase E: an empty phase tells the sender everything is in place. */
@@ -705,6 +723,8 @@ gboolean ferry_native_receive(const char *dest_dir, FerryByteChannel *channel, c
     forget_parent(&receiver);
     if (receiver.root_fd >= 0)
         close(receiver.root_fd);
+    if (receiver.basis_fd >= 0)
+        close(receiver.basis_fd);
     g_ptr_array_unref(receiver.dir_times);
     g_free(receiver.buffer);
     return ok;

@@ -196,6 +196,77 @@ static gboolean receive_btrfs(SinkTask *task, FerryPool *pool, const char *volum
     return ferry_btrfs_receiver_commit(receiver, volume_path, snapshots_dir, error);
 }
 
+/* A refresh's staging copy, made on a thread of its own while the pass starts (a hard-link copy of a large
+ * tree takes a while). Freeing the job cancels the copy if it is still running and waits for the thread. */
+typedef struct {
+    FerryPool *pool;
+    char *live_volume, *staging;
+    GCancellable *cancellable; /* ours, cancelled with the migration's */
+    gulong cancel_id;
+    GCancellable *migration;
+    GThread *thread;
+    gboolean ok;
+    GError *error;
+} StagingJob;
+
+static gpointer staging_thread(gpointer data)
+{
+    StagingJob *job = data;
+    job->ok = ferry_pool_stage_volume(job->pool, FERRY_VOLUME_CONTAINER, job->live_volume, job->staging,
+                                      job->cancellable, &job->error);
+    return NULL;
+}
+
+static void cancel_staging(GCancellable *migration, gpointer data)
+{
+    g_cancellable_cancel(data);
+}
+
+static StagingJob *staging_job_start(FerryPool *pool, const char *live_volume, const char *staging,
+                                     GCancellable *migration)
+{
+    StagingJob *job = g_new0(StagingJob, 1);
+    job->pool = pool;
+    job->live_volume = g_strdup(live_volume);
+    job->staging = g_strdup(staging);
+    job->cancellable = g_cancellable_new();
+    if (migration != NULL) {
+        job->migration = g_object_ref(migration);
+        job->cancel_id = g_cancellable_connect(migration, G_CALLBACK(cancel_staging), job->cancellable, NULL);
+    }
+    job->thread = g_thread_new("ferry-staging", staging_thread, job);
+    return job;
+}
+
+/* Wait for the copy; its error if it failed. */
+static gboolean staging_job_wait(gpointer data, GError **error)
+{
+    StagingJob *job = data;
+    if (job->thread != NULL)
+        g_thread_join(g_steal_pointer(&job->thread));
+    if (!job->ok && job->error != NULL)
+        g_propagate_error(error, g_error_copy(job->error));
+    return job->ok;
+}
+
+static void staging_job_free(StagingJob *job)
+{
+    if (job->thread != NULL) {
+        g_cancellable_cancel(job->cancellable);
+        g_thread_join(g_steal_pointer(&job->thread));
+    }
+    if (job->migration != NULL) {
+        g_cancellable_disconnect(job->migration, job->cancel_id);
+        g_object_unref(job->migration);
+    }
+    g_object_unref(job->cancellable);
+    g_clear_error(&job->error);
+    g_free(job->live_volume);
+    g_free(job->staging);
+    g_free(job);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StagingJob, staging_job_free)
+
 static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMonitor **monitor_out,
                               GError **error)
 {
@@ -328,6 +399,7 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
         return FALSE;
     g_autofree char *live_volume = ferry_instance_volume_name(task->project, task->name);
     g_autofree char *live_path = NULL;
+    g_autoptr(StagingJob) staging_job = NULL;
     const char *volume = live_volume;
     if (task->refresh) {
         /* A copy of the current data receives the changes; the live volume stays untouched. The native
@@ -335,10 +407,15 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
          * links on a dir pool: no data copied); rsync changes metadata in place, so it gets a real copy. */
         task->staging = g_strdup_printf("%s.refresh", live_volume);
         ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, task->staging, NULL);
-        gboolean staged;
+        gboolean staged = TRUE;
         if (options.native) {
-            staged = ferry_pool_stage_volume(pool, FERRY_VOLUME_CONTAINER, live_volume, task->staging, cancellable,
-                                             error);
+            /* Made by another thread while the pass starts: the receiver reads what we have from the live
+             * volume meanwhile, and waits for the copy only before changing anything. */
+            staging_job = staging_job_start(pool, live_volume, task->staging, cancellable);
+            live_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, live_volume);
+            options.basis_dir = live_path;
+            options.wait_ready = staging_job_wait;
+            options.wait_data = staging_job;
         } else if (wanted->len == 0 && !final_sync_pass) {
             /* One rsync run into an empty volume that links what is unchanged from the live one: rsync then
              * never writes into a file the live volume has. */
@@ -372,10 +449,12 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
         if (!ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error) ||
             !ferry_pool_create_snapshot(pool, FERRY_VOLUME_CONTAINER, volume, snapshot_name, error))
             return FALSE;
+        options.basis_dir = NULL; /* from now on the staging copy itself is what we have */
     }
     progress.stage = "instance";
     if (!use_btrfs && !ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error))
         return FALSE;
+    options.basis_dir = NULL;
     if (final_sync_pass) {
         progress.stage = "final sync";
         if (!ferry_transfer_receive_dir(task->link, path, &options, &progress, cancellable, error))
@@ -397,7 +476,9 @@ static gboolean sink_transfer(FerryOperation *op, SinkTask *task, FerryControlMo
         }
         if (!ferry_pool_exchange_volumes(pool, FERRY_VOLUME_CONTAINER, live_volume, volume, error))
             return FALSE;
-        ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, volume, NULL);
+        /* The old data now has the staging name; its deletion need not hold up the user. */
+        if (!ferry_pool_discard_volume(pool, FERRY_VOLUME_CONTAINER, volume, NULL))
+            ferry_pool_delete_volume(pool, FERRY_VOLUME_CONTAINER, volume, NULL);
         g_clear_pointer(&task->staging, g_free);
     }
     /* The records appear together or not at all. */

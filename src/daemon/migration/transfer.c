@@ -88,6 +88,9 @@ static gboolean run_pass(FerryMigrationLink *link, const char *dir, const FerryT
             .progress = progress != NULL ? on_bytes : NULL,
             .progress_data = progress,
             .peer = peer,
+            .basis_dir = options->basis_dir,
+            .wait_ready = options->wait_ready,
+            .wait_data = options->wait_data,
         };
         ok = sending ? ferry_native_send(dir, &channel, &pass, cancellable, &local_error)
                      : ferry_native_receive(dir, &channel, &pass, cancellable, &local_error);

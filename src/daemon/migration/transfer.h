@@ -21,6 +21,10 @@ typedef struct {
     FerryRsyncOptions rsync; /* the RSYNC transport's negotiated options (allow_inconsistent applies to both) */
     gboolean native;
     gboolean zstd; /* native: compress the stream */
+    /* native, receiving: the receiving directory is still being made a copy of basis_dir (see native.h). */
+    const char *basis_dir;
+    gboolean (*wait_ready)(gpointer data, GError **error);
+    gpointer wait_data;
 } FerryTransferOptions;
 
 /* The fs channel as a byte channel (for transports other than rsync); FALSE when fs is not connected. */

@@ -698,6 +698,47 @@ gboolean ferry_pool_copy_snapshot(FerryPool *pool, FerryVolumeType type, const c
     return TRUE;
 }
 
+typedef struct {
+    int dir_fd;
+    char *name;
+} Discard;
+
+static gpointer discard_thread(gpointer data)
+{
+    Discard *discard = data;
+    /* A failure leaves a staging name, which the next start sweeps away. */
+    ferry_tree_delete(discard->dir_fd, discard->name, NULL);
+    close(discard->dir_fd);
+    g_free(discard->name);
+    g_free(discard);
+    return NULL;
+}
+
+gboolean ferry_pool_discard_volume(FerryPool *pool, FerryVolumeType type, const char *volume, GError **error)
+{
+    if (!check_volume(type, volume, error))
+        return FALSE;
+    int fd = open_pool_dir(pool, volumes_dir(type), error);
+    if (fd < 0)
+        return FALSE;
+    g_autofree char *trash = staging_name();
+    if (renameat(fd, volume, fd, trash) < 0) {
+        int saved = errno;
+        close(fd);
+        if (saved == ENOENT) {
+            set_volume_not_found(error, volume);
+            return FALSE;
+        }
+        ferry_set_error_errno(error, saved, "Failed to discard storage volume \"%s\"", volume);
+        return FALSE;
+    }
+    Discard *discard = g_new0(Discard, 1);
+    discard->dir_fd = fd;
+    discard->name = g_steal_pointer(&trash);
+    g_thread_unref(g_thread_new("ferry-discard", discard_thread, discard));
+    return TRUE;
+}
+
 gboolean ferry_pool_delete_volume(FerryPool *pool, FerryVolumeType type, const char *volume, GError **error)
 {
     if (!check_volume(type, volume, error))

@@ -125,6 +125,10 @@ gboolean ferry_pool_copy_snapshot(FerryPool *pool, FerryVolumeType type, const c
 
 /* Delete a volume and all its snapshots (btrfs: nested subvolumes too). 404 if neither exists. */
 gboolean ferry_pool_delete_volume(FerryPool *pool, FerryVolumeType type, const char *volume, GError **error);
+/* Take a volume (without snapshots) out of use at once and delete its data on a thread of its own: for the
+ * old data a refresh replaced, which nobody waits for. A crash midway leaves a staging name the next start
+ * sweeps away. */
+gboolean ferry_pool_discard_volume(FerryPool *pool, FerryVolumeType type, const char *volume, GError **error);
 /* rename(2) of the volume and of its snapshots directory; 404 if old is missing, 409 if new is taken. */
 gboolean ferry_pool_rename_volume(FerryPool *pool, FerryVolumeType type, const char *old_name,
                                   const char *new_name, GError **error);
