@@ -226,6 +226,79 @@ def image_seeds():
     return seeds
 
 
+BACKUP_INDEX = b"""name: c1
+backend: dir
+pool: default
+snapshots:
+- s0
+optimized: false
+optimized_header: false
+type: container
+config:
+  container:
+    name: c1
+    architecture: x86_64
+    config:
+      volatile.last_state.idmap: '[]'
+    devices: {}
+    profiles:
+    - default
+  snapshots:
+  - name: s0
+    config: {}
+    created_at: 2026-01-01T00:00:00Z
+"""
+
+
+def backup_tree(prefix, extra=()):
+    return [
+        entry(prefix, tarfile.DIRTYPE, mode=0o711),
+        entry(f"{prefix}/metadata.yaml", data=METADATA),
+        entry(f"{prefix}/rootfs", tarfile.DIRTYPE, mode=0o755),
+        entry(f"{prefix}/rootfs/hello", data=b"hello\n", uid=1000, gid=1000,
+              pax={"SCHILY.xattr.user.note": "x", "SCHILY.xattr.system.posix_acl_access":
+                   acl_xattr().decode("latin-1")}),
+        entry(f"{prefix}/rootfs/link", tarfile.LNKTYPE, link=f"{prefix}/rootfs/hello"),
+        entry(f"{prefix}/rootfs/sym", tarfile.SYMTYPE, link="/etc/passwd"),
+        entry(f"{prefix}/rootfs/fifo", tarfile.FIFOTYPE),
+        entry(f"{prefix}/rootfs/null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3)),
+        *extra,
+    ]
+
+
+def backup(extra_container=(), index=BACKUP_INDEX, order=None):
+    members = [entry("backup/index.yaml", data=index), *backup_tree("backup/snapshots/s0"),
+               *backup_tree("backup/container", extra_container),
+               entry("backup/container/backup.yaml", data=b"container: {}\n")]
+    return order(members) if order else members
+
+
+def backup_seeds():
+    seeds = {
+        "full.tar": tar_bytes(backup()),
+        "full.tar.gz": tar_bytes(backup(), "gz"),
+        "full.tar.xz": tar_bytes(backup(), "xz"),
+        "dotdot.tar": tar_bytes(backup([entry("backup/container/rootfs/../../../evil", data=b"x")])),
+        "absolute.tar": tar_bytes(backup([entry("/tmp/evil", data=b"x")])),
+        "symlink-escape.tar": tar_bytes(backup([entry("backup/container/rootfs/esc", tarfile.SYMTYPE, link=".."),
+                                               entry("backup/container/rootfs/esc/evil", data=b"x")])),
+        "hardlink-other-tree.tar": tar_bytes(backup([entry("backup/container/rootfs/hl", tarfile.LNKTYPE,
+                                                           link="backup/snapshots/s0/rootfs/hello")])),
+        "hardlink-outside.tar": tar_bytes(backup([entry("backup/container/rootfs/hl", tarfile.LNKTYPE,
+                                                        link="backup/index.yaml")])),
+        "index-last.tar": tar_bytes(backup(order=lambda m: m[1:] + m[:1])),
+        "no-index.tar": tar_bytes(backup(order=lambda m: m[1:])),
+        "bad-index.tar": tar_bytes(backup(index=b"name: [\n")),
+        "unlisted-snapshot.tar": tar_bytes(backup(index=BACKUP_INDEX.replace(b"- s0\n", b""))),
+        "snapshot-slash.tar": tar_bytes(backup(index=BACKUP_INDEX.replace(b"- s0\n", b"- ../s0\n"))),
+        "optimized.tar": tar_bytes([entry("backup/index.yaml", data=BACKUP_INDEX.replace(
+            b"optimized: false", b"optimized: true")), entry("backup/container.bin", data=b"btrfs-stream")]),
+    }
+    full = tar_bytes(backup())
+    seeds["truncated.tar"] = full[: len(full) // 2]
+    return seeds
+
+
 def write(target, seeds):
     directory = os.path.join(CORPUS, target)
     shutil.rmtree(directory, ignore_errors=True)
@@ -240,6 +313,7 @@ def write(target, seeds):
 def main():
     write("fuzz_yaml", YAML_SEEDS)
     write("fuzz_image_tar", image_seeds())
+    write("fuzz_backup_tar", backup_seeds())
 
 
 if __name__ == "__main__":
