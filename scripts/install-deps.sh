@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential meson ninja-build pkg-config
   libglib2.0-dev libsoup-3.0-dev glib-networking libjansson-dev libyaml-dev libsqlite3-dev
-  lxc lxc-dev libprotobuf-c-dev protobuf-c-compiler libarchive-dev libwslay-dev libgnutls28-dev libzstd-dev libxxhash-dev
+  lxc lxc-dev libprotobuf-c-dev protobuf-c-compiler libarchive-dev libgnutls28-dev libzstd-dev libxxhash-dev
   busybox-static rsync btrfs-progs uidmap xz-utils zstd sqlite3 util-linux
   python3 python3-pytest python3-yaml
 )

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "json.h"
 #include "tls_cert.h"
+#include "ws_frame.h"
 
 #include <errno.h>
 #include <ferry-config.h>
@@ -14,12 +15,11 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <wslay/wslay.h>
 
-/* Reads from the stream go through a buffer this size: wslay's own holds only 4 KiB. */
-#define READ_BUFFER_SIZE (64 * 1024)
-/* Frame bytes are gathered up to this size before a write: wslay masks in 4 KiB pieces. */
-#define WRITE_BUFFER_SIZE (64 * 1024)
+/* Reads from the stream go through a buffer this size; payload is handed out (and unmasked) in place. */
+#define READ_BUFFER_SIZE (256 * 1024)
+/* Frame bytes are gathered up to this size before a write; larger unmasked payloads are written directly. */
+#define WRITE_BUFFER_SIZE (256 * 1024)
 /* Relayed messages are forwarded in fragments of at most this size. */
 #define RELAY_FRAGMENT_SIZE (64 * 1024)
 /* Reads from and writes to file descriptors, and the binary messages pump_from_fd sends. */
@@ -51,16 +51,17 @@ struct _FerryWebsocket {
     gint cancelled_by_caller; /* atomic: the abort came from a caller's GCancellable */
     gboolean stream_closed;
 
-    /* Receiving side, all under recv_lock. The pointers into wslay's buffer stay valid until the next
-     * wslay_frame_recv, which is only called once they are used up. */
+    /* Receiving side, all under recv_lock. Pieces of payload are handed out as pointers into rbuf, which stay
+     * valid until the next read, which only happens once they are used up. */
     GMutex recv_lock;
-    wslay_frame_context_ptr rctx;
+    FerryWsFrameHeader rx_header; /* of the frame being read */
+    gboolean rx_in_frame;
+    guint64 rx_offset; /* payload bytes of that frame read so far */
     guint8 *rbuf;
     gsize rbuf_pos, rbuf_len;
     GError *read_error; /* set by the recv callback */
     gboolean read_eof;
     GError *recv_failed; /* sticky */
-    gboolean in_frame;
     guint8 frame_opcode;
     gboolean frame_fin;
     guint64 frame_length, frame_read;
@@ -76,7 +77,6 @@ struct _FerryWebsocket {
      * frame_lock for one frame; a pong needs frame_lock only and may go between fragments. */
     GMutex msg_lock;
     GMutex frame_lock;
-    wslay_frame_context_ptr sctx;
     guint8 *wbuf;
     gsize wbuf_len;
     GError *write_error; /* set by the send callback */
@@ -154,30 +154,71 @@ static gboolean protocol_error(FerryWebsocket *ws, GError **error, const char *f
         ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INVALID, "Websocket protocol error: %s", detail), error);
 }
 
-/* ---- wslay callbacks ---- */
+/* ---- frames on the stream ---- */
 
-static ssize_t on_wslay_recv(uint8_t *buf, size_t len, int flags, void *user_data)
+/* Read more of the stream into rbuf after what it holds. FALSE at an error (read_error) or the end (read_eof). */
+static gboolean read_more(FerryWebsocket *ws)
 {
-    FerryWebsocket *ws = user_data;
-
     if (ws->read_error != NULL || ws->read_eof)
-        return -1;
-    if (ws->rbuf_pos == ws->rbuf_len) {
-        gssize n =
-            g_input_stream_read(ws->input, ws->rbuf, READ_BUFFER_SIZE, ws->cancellable, &ws->read_error);
-        if (n < 0)
-            return -1;
-        if (n == 0) {
-            ws->read_eof = TRUE;
-            return -1;
-        }
-        ws->rbuf_pos = 0;
-        ws->rbuf_len = (gsize)n;
+        return FALSE;
+    if (ws->rbuf_pos == ws->rbuf_len)
+        ws->rbuf_pos = ws->rbuf_len = 0;
+    gssize n = g_input_stream_read(ws->input, ws->rbuf + ws->rbuf_len, READ_BUFFER_SIZE - ws->rbuf_len,
+                                   ws->cancellable, &ws->read_error);
+    if (n < 0)
+        return FALSE;
+    if (n == 0) {
+        ws->read_eof = TRUE;
+        return FALSE;
     }
-    gsize n = MIN(len, ws->rbuf_len - ws->rbuf_pos);
-    memcpy(buf, ws->rbuf + ws->rbuf_pos, n);
+    ws->rbuf_len += (gsize)n;
+    return TRUE;
+}
+
+typedef enum { PIECE_OK, PIECE_WANT_READ, PIECE_PROTO } PieceStatus;
+
+/* A piece of a frame's payload (empty for an empty frame); the frame's header is in ws->rx_header. */
+typedef struct {
+    const guint8 *data;
+    gsize length;
+} Piece;
+
+static PieceStatus next_piece(FerryWebsocket *ws, Piece *piece)
+{
+    if (!ws->rx_in_frame) {
+        for (;;) {
+            gsize header_length = 0;
+            FerryWsHeaderStatus status = ferry_ws_frame_decode_header(
+                ws->rbuf + ws->rbuf_pos, ws->rbuf_len - ws->rbuf_pos, &ws->rx_header, &header_length);
+            if (status == FERRY_WS_HEADER_INVALID)
+                return PIECE_PROTO;
+            if (status == FERRY_WS_HEADER_OK) {
+                ws->rbuf_pos += header_length;
+                break;
+            }
+            /* A header split across reads: keep its start and read the rest behind it. */
+            if (ws->rbuf_pos > 0) {
+                memmove(ws->rbuf, ws->rbuf + ws->rbuf_pos, ws->rbuf_len - ws->rbuf_pos);
+                ws->rbuf_len -= ws->rbuf_pos;
+                ws->rbuf_pos = 0;
+            }
+            if (!read_more(ws))
+                return PIECE_WANT_READ;
+        }
+        ws->rx_in_frame = TRUE;
+        ws->rx_offset = 0;
+    }
+    guint64 remaining = ws->rx_header.length - ws->rx_offset;
+    if (remaining > 0 && ws->rbuf_pos == ws->rbuf_len && !read_more(ws))
+        return PIECE_WANT_READ;
+    gsize n = (gsize)MIN(remaining, ws->rbuf_len - ws->rbuf_pos);
+    piece->data = ws->rbuf + ws->rbuf_pos;
+    piece->length = n;
+    if (ws->rx_header.masked)
+        ferry_ws_frame_mask(ws->rbuf + ws->rbuf_pos, n, ws->rx_header.mask, ws->rx_offset);
     ws->rbuf_pos += n;
-    return (ssize_t)n;
+    ws->rx_offset += n;
+    return PIECE_OK;
 }
 
 static gboolean flush_wbuf(FerryWebsocket *ws)
@@ -189,44 +230,41 @@ static gboolean flush_wbuf(FerryWebsocket *ws)
     return g_output_stream_write_all(ws->output, ws->wbuf, len, NULL, ws->cancellable, &ws->write_error);
 }
 
-static ssize_t on_wslay_send(const uint8_t *data, size_t len, int flags, void *user_data)
+/* Queue bytes for the stream, masked with mask from offset on when mask is not NULL (a client's payload).
+ * Unmasked data too large for the buffer goes out directly. FALSE at a write error (write_error). */
+static gboolean put_bytes(FerryWebsocket *ws, const guint8 *data, gsize length, const guint8 *mask,
+                          guint64 offset)
 {
-    FerryWebsocket *ws = user_data;
-
-    if (ws->write_error != NULL)
-        return -1;
-    if (ws->wbuf_len == 0 && len >= WRITE_BUFFER_SIZE) {
-        if (!g_output_stream_write_all(ws->output, data, len, NULL, ws->cancellable, &ws->write_error))
-            return -1;
-        return (ssize_t)len;
+    while (length > 0) {
+        if (mask == NULL && ws->wbuf_len == 0 && length >= WRITE_BUFFER_SIZE)
+            return g_output_stream_write_all(ws->output, data, length, NULL, ws->cancellable, &ws->write_error);
+        gsize n = MIN(length, WRITE_BUFFER_SIZE - ws->wbuf_len);
+        if (mask != NULL)
+            ferry_ws_frame_mask_copy(ws->wbuf + ws->wbuf_len, data, n, mask, offset);
+        else
+            memcpy(ws->wbuf + ws->wbuf_len, data, n);
+        ws->wbuf_len += n;
+        data += n;
+        length -= n;
+        offset += n;
+        if (ws->wbuf_len == WRITE_BUFFER_SIZE && !flush_wbuf(ws))
+            return FALSE;
     }
-    gsize n = MIN(len, WRITE_BUFFER_SIZE - ws->wbuf_len);
-    memcpy(ws->wbuf + ws->wbuf_len, data, n);
-    ws->wbuf_len += n;
-    if (ws->wbuf_len == WRITE_BUFFER_SIZE && !flush_wbuf(ws))
-        return -1;
-    return (ssize_t)n;
+    return TRUE;
 }
 
-static int on_wslay_genmask(uint8_t *buf, size_t len, void *user_data)
+/* A client's masking key: unpredictable, from a pool refilled by getrandom. */
+static gboolean next_mask(FerryWebsocket *ws, guint8 mask[4])
 {
-    FerryWebsocket *ws = user_data;
-
-    if (ws->mask_pos + len > MASK_POOL_SIZE) {
+    if (ws->mask_pos + 4 > MASK_POOL_SIZE) {
         if (getrandom(ws->mask_pool, MASK_POOL_SIZE, 0) != MASK_POOL_SIZE)
-            return -1;
+            return FALSE;
         ws->mask_pos = 0;
     }
-    memcpy(buf, ws->mask_pool + ws->mask_pos, len);
-    ws->mask_pos += len;
-    return 0;
+    memcpy(mask, ws->mask_pool + ws->mask_pos, 4);
+    ws->mask_pos += 4;
+    return TRUE;
 }
-
-static const struct wslay_frame_callbacks wslay_callbacks = {
-    .send_callback = on_wslay_send,
-    .recv_callback = on_wslay_recv,
-    .genmask_callback = on_wslay_genmask,
-};
 
 /* ---- life cycle ---- */
 
@@ -297,11 +335,6 @@ FerryWebsocket *ferry_websocket_new(GIOStream *stream, gboolean is_client)
     ws->wbuf = g_malloc(WRITE_BUFFER_SIZE);
     ws->mask_pos = MASK_POOL_SIZE;
     ws->max_message = FERRY_WS_DEFAULT_MAX_MESSAGE;
-    /* Two frame contexts: wslay keeps the state of both directions in one, and each direction has its own
-     * thread here. Only fails on allocation failure. */
-    if (wslay_frame_context_init(&ws->rctx, &wslay_callbacks, ws) != 0 ||
-        wslay_frame_context_init(&ws->sctx, &wslay_callbacks, ws) != 0)
-        g_error("Out of memory");
     return ws;
 }
 
@@ -329,8 +362,6 @@ void ferry_websocket_free(FerryWebsocket *ws)
         shutdown_socket(ws);
         g_io_stream_close(ws->stream, NULL, NULL);
     }
-    wslay_frame_context_free(ws->rctx);
-    wslay_frame_context_free(ws->sctx);
     g_clear_error(&ws->read_error);
     g_clear_error(&ws->recv_failed);
     g_clear_error(&ws->write_error);
@@ -430,48 +461,32 @@ static gboolean send_frame_locked(FerryWebsocket *ws, guint8 opcode, gboolean fi
         return FALSE;
     }
 
-    struct wslay_frame_iocb iocb = {
-        .fin = fin ? 1 : 0,
-        .rsv = WSLAY_RSV_NONE,
-        .opcode = opcode,
-        .payload_length = length,
-        .mask = ws->is_client ? 1 : 0,
-    };
+    guint8 mask[4];
+    if (ws->is_client && !next_mask(ws, mask))
+        return fail_send(ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "No random bytes for a frame mask"),
+                         error);
+    guint8 header[FERRY_WS_MAX_HEADER];
+    gsize header_length = ferry_ws_frame_encode_header(header, fin, opcode, length, ws->is_client ? mask : NULL);
+    gboolean ok = put_bytes(ws, header, header_length, NULL, 0);
     /* Pieces small enough for the pacing to be smooth (20 per second), at least 1 KiB. */
     gsize piece = length;
     if (paced && ws->limit_rate > 0)
         piece = (gsize)CLAMP(ws->limit_rate / 20, 1024, WRITE_BUFFER_SIZE);
-    gsize offset = 0;
-    do {
+    for (gsize offset = 0; ok && offset < length;) {
         gsize n = MIN(piece, length - offset);
-        if (paced && ws->limit_rate > 0 && n > 0 && !pace(ws, n)) {
+        if (paced && ws->limit_rate > 0 && !pace(ws, n)) {
             GError *cause = NULL;
             set_aborted_error(ws, &cause);
             return fail_send(ws, cause, error);
         }
-        iocb.data = data + offset;
-        iocb.data_length = n;
-        /* A partly written header gives WANT_WRITE; call again until this piece is out. */
-        for (;;) {
-            ssize_t r = wslay_frame_send(ws->sctx, &iocb);
-            if (ws->write_error != NULL) {
-                GError *cause = NULL;
-                set_io_error(ws, "write", ws->write_error, &cause);
-                return fail_send(ws, cause, error);
-            }
-            if (r == WSLAY_ERR_WANT_WRITE)
-                continue;
-            if (r < 0)
-                return fail_send(
-                    ws, g_error_new(FERRY_ERROR, FERRY_ERROR_INTERNAL, "Websocket frame not sent (%zd)", r),
-                    error);
-            iocb.data += r;
-            iocb.data_length -= (size_t)r;
-            if (iocb.data_length == 0)
-                break;
-        }
+        ok = put_bytes(ws, data + offset, n, ws->is_client ? mask : NULL, offset);
         offset += n;
-    } while (offset < length);
+    }
+    if (!ok) {
+        GError *cause = NULL;
+        set_io_error(ws, "write", ws->write_error, &cause);
+        return fail_send(ws, cause, error);
+    }
 
     if (!flush_wbuf(ws) || !g_output_stream_flush(ws->output, ws->cancellable, &ws->write_error)) {
         GError *cause = NULL;
@@ -619,39 +634,34 @@ static gboolean recv_chunk(FerryWebsocket *ws, Chunk *chunk, GError **error)
         return FALSE;
     }
     for (;;) {
-        struct wslay_frame_iocb iocb = {0};
-        ssize_t r = wslay_frame_recv(ws->rctx, &iocb);
-        if (r == WSLAY_ERR_WANT_READ) {
+        gboolean frame_start = !ws->rx_in_frame;
+        Piece piece = {0};
+        PieceStatus r = next_piece(ws, &piece);
+        if (r == PIECE_WANT_READ) {
             if (ws->read_error != NULL) {
                 GError *cause = NULL;
                 set_io_error(ws, "read", ws->read_error, &cause);
                 return fail_recv(ws, cause, error);
             }
-            if (ws->read_eof) {
-                GError *cause = NULL;
-                if (g_atomic_int_get(&ws->aborted))
-                    set_aborted_error(ws, &cause);
-                else
-                    cause = g_error_new_literal(FERRY_ERROR, FERRY_ERROR_INTERNAL,
-                                                "Websocket connection lost (closed without a close frame)");
-                return fail_recv(ws, cause, error);
-            }
-            continue; /* a header split across reads */
+            GError *cause = NULL;
+            if (g_atomic_int_get(&ws->aborted))
+                set_aborted_error(ws, &cause);
+            else
+                cause = g_error_new_literal(FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                                            "Websocket connection lost (closed without a close frame)");
+            return fail_recv(ws, cause, error);
         }
-        if (r == WSLAY_ERR_PROTO)
+        if (r == PIECE_PROTO)
             return protocol_error(ws, error, "bad frame header");
-        if (r < 0)
-            return protocol_error(ws, error, "frame not received (%zd)", r);
-
-        gboolean frame_start = !ws->in_frame;
+        const FerryWsFrameHeader *iocb = &ws->rx_header;
         if (frame_start) {
-            if (iocb.rsv != 0)
+            if (iocb->rsv != 0)
                 return protocol_error(ws, error, "reserved bits set without an extension");
-            if (iocb.mask != (ws->is_client ? 0 : 1))
+            if (iocb->masked != !ws->is_client)
                 return protocol_error(ws, error, "%s",
                                       ws->is_client ? "masked frame from a server"
                                                     : "unmasked frame from a client");
-            switch (iocb.opcode) {
+            switch (iocb->opcode) {
             case OPCODE_CONTINUATION:
                 if (ws->msg_opcode == 0)
                     return protocol_error(ws, error, "continuation frame outside a message");
@@ -666,24 +676,23 @@ static gboolean recv_chunk(FerryWebsocket *ws, Chunk *chunk, GError **error)
             case OPCODE_PONG:
                 break;
             default:
-                return protocol_error(ws, error, "unknown opcode %u", iocb.opcode);
+                return protocol_error(ws, error, "unknown opcode %u", iocb->opcode);
             }
-            ws->in_frame = TRUE;
-            ws->frame_opcode = iocb.opcode;
-            ws->frame_fin = iocb.fin;
-            ws->frame_length = iocb.payload_length;
+            ws->frame_opcode = iocb->opcode;
+            ws->frame_fin = iocb->fin;
+            ws->frame_length = iocb->length;
             ws->frame_read = 0;
             ws->control_len = 0;
         }
-        ws->frame_read += iocb.data_length;
+        ws->frame_read += piece.length;
         gboolean frame_end = ws->frame_read == ws->frame_length;
         if (frame_end)
-            ws->in_frame = FALSE;
+            ws->rx_in_frame = FALSE;
 
-        if (wslay_is_ctrl_frame(ws->frame_opcode)) {
-            /* wslay refuses control frames over 125 bytes. */
-            memcpy(ws->control + ws->control_len, iocb.data, iocb.data_length);
-            ws->control_len += iocb.data_length;
+        if (ws->frame_opcode & 0x8) {
+            /* Control frames are at most 125 bytes (the header check refuses longer ones). */
+            memcpy(ws->control + ws->control_len, piece.data, piece.length);
+            ws->control_len += piece.length;
             if (frame_end && !handle_control(ws, error))
                 return FALSE;
             continue;
@@ -693,8 +702,8 @@ static gboolean recv_chunk(FerryWebsocket *ws, Chunk *chunk, GError **error)
         if (chunk->msg_start)
             ws->msg_opcode = ws->frame_opcode;
         chunk->opcode = ws->msg_opcode;
-        chunk->data = iocb.data;
-        chunk->length = iocb.data_length;
+        chunk->data = piece.data;
+        chunk->length = piece.length;
         chunk->frame_start = frame_start;
         chunk->frame_end = frame_end;
         chunk->frame_length = ws->frame_length;

@@ -1,4 +1,4 @@
-/* Websockets for migration data: RFC 6455 framing (wslay's frame layer) over a GIOStream with blocking I/O,
+/* Websockets for migration data: RFC 6455 framing (ws_frame.h) over a GIOStream with blocking I/O,
  * for worker threads.
  *
  * Back-pressure is the socket's: a send blocks while the peer does not read, and nothing queues without

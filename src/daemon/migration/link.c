@@ -236,6 +236,16 @@ void ferry_migration_link_abort(FerryMigrationLink *link)
     g_mutex_unlock(&link->lock);
 }
 
+void ferry_migration_link_release(FerryMigrationLink *link)
+{
+    ferry_migration_link_abort(link);
+    g_mutex_lock(&link->lock);
+    GHashTable *channels = link->channels;
+    link->channels = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)ferry_websocket_free);
+    g_mutex_unlock(&link->lock);
+    g_hash_table_unref(channels);
+}
+
 static guint64 parse_limit(const char *value)
 {
     gint64 bytes = 0;

@@ -46,6 +46,9 @@ void ferry_migration_link_limit(FerryMigrationLink *link, guint64 bytes_per_seco
 
 /* Unblock every reader and writer (a failure somewhere: nobody may hang). */
 void ferry_migration_link_abort(FerryMigrationLink *link);
+/* At the end of a migration, when nobody uses the channels any more: abort and close them now rather than when
+ * the operation is dropped (minutes later), so a busy server does not hold their sockets. */
+void ferry_migration_link_release(FerryMigrationLink *link);
 
 /* The migration's cancellable (from wait or dial; borrowed, NULL before). */
 GCancellable *ferry_migration_link_get_cancellable(FerryMigrationLink *link);

@@ -549,7 +549,7 @@ static gboolean run_sink(FerryOperation *op, gpointer data, GError **error)
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "Error transferring instance data: %s", reason);
     }
     ferry_control_monitor_free(monitor);
-    ferry_migration_link_abort(task->link);
+    ferry_migration_link_release(task->link);
     if (task->staging != NULL) {
         /* A refresh that did not reach the swap: the old target is intact, only the staging copy goes. */
         g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name, NULL);

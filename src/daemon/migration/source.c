@@ -349,7 +349,7 @@ static gboolean run_source(FerryOperation *op, gpointer data, GError **error)
                     "Failed migration on source: %s", reason);
     }
     ferry_control_monitor_free(monitor);
-    ferry_migration_link_abort(task->link);
+    ferry_migration_link_release(task->link);
     ferry_daemon_release_instance(task->daemon, task->project, task->name);
     if (ok) {
         g_autofree char *url = g_strdup_printf("/1.0/instances/%s", task->name);
