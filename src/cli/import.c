@@ -40,8 +40,9 @@ int cli_cmd_import(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(FerryClient) client = cli_connect(cli, remote, error);
     if (client == NULL)
         return -1;
-    const char *headers[5] = {NULL};
-    guint n = 0;
+    /* Waiting for "100 Continue" lets a ferry server extract the archive as it arrives (Incus answers it too). */
+    const char *headers[7] = {"Expect", "100-continue", NULL};
+    guint n = 2;
     if (name != NULL) {
         headers[n++] = "X-Incus-name";
         headers[n++] = name;

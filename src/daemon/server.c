@@ -1,5 +1,6 @@
 #include "server.h"
 
+#include "api/api.h"
 #include "error.h"
 #include "response.h"
 #include "router.h"
@@ -78,6 +79,9 @@ static void on_got_headers(SoupServerMessage *msg, gpointer user_data)
     const char *content_type = soup_message_headers_get_content_type(headers, NULL);
     const char *path = g_uri_get_path(soup_server_message_get_uri(msg));
     if (!ferry_router_is_upload(soup_server_message_get_method(msg), path, content_type))
+        return;
+    /* A backup import whose client waits for "100 Continue" is extracted as it arrives (api/backups.c). */
+    if (api_backup_import_stream(daemon, msg))
         return;
     g_autofree char *dir = g_build_filename(daemon->dir, "uploads", NULL);
     g_mkdir_with_parents(dir, 0700);

@@ -15,6 +15,7 @@
 struct _FerryClient {
     GMainContext *context;
     SoupSession *session;
+    char *socket_path; /* unix socket clients: for uploads written without libsoup */
     char *base_url; /* scheme://host[:port], no trailing slash */
     char *address;  /* for messages */
     char *project;
@@ -53,6 +54,7 @@ FerryClient *ferry_client_new_unix(const char *socket_path)
     g_autofree char *label = g_strdup_printf("unix:%s", socket_path);
     FerryClient *client = client_new("http://unix.socket", label, G_SOCKET_CONNECTABLE(address));
     client->is_unix = TRUE;
+    client->socket_path = g_strdup(socket_path);
     return client;
 }
 
@@ -84,6 +86,8 @@ FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cer
 
 void ferry_client_free(FerryClient *client)
 {
+    if (client != NULL)
+        g_free(client->socket_path);
     if (client == NULL)
         return;
     {
@@ -261,10 +265,19 @@ static GBytes *send_message(FerryClient *client, SoupMessage *msg, GError **erro
     return state.body;
 }
 
+static FerryResponse *parse_envelope(FerryClient *client, guint status, const char *reason, const char *etag,
+                                     GBytes *body, GError **error);
+
 /* Decode an Incus envelope; error envelopes and HTTP errors become GErrors. */
 static FerryResponse *parse_response(FerryClient *client, SoupMessage *msg, GBytes *body, GError **error)
 {
-    guint status = soup_message_get_status(msg);
+    return parse_envelope(client, soup_message_get_status(msg), soup_message_get_reason_phrase(msg),
+                          soup_message_headers_get_one(soup_message_get_response_headers(msg), "ETag"), body, error);
+}
+
+static FerryResponse *parse_envelope(FerryClient *client, guint status, const char *reason, const char *etag,
+                                     GBytes *body, GError **error)
+{
     gsize length = 0;
     const char *data = g_bytes_get_data(body, &length);
     g_autoptr(GError) parse_error = NULL;
@@ -272,7 +285,6 @@ static FerryResponse *parse_response(FerryClient *client, SoupMessage *msg, GByt
 
     if (root == NULL || !json_is_object(root)) {
         int code = status >= 400 && status < 600 ? (int)status : FERRY_ERROR_INTERNAL;
-        const char *reason = soup_message_get_reason_phrase(msg);
         g_autofree char *text = length > 0 ? g_strstrip(g_strndup(data, MIN(length, 200))) : NULL;
         g_set_error(error, FERRY_ERROR, code, "Unexpected response from %s: %u %s%s%s", client->address,
                     status, reason != NULL ? reason : "", text != NULL && *text ? ": " : "",
@@ -286,8 +298,7 @@ static FerryResponse *parse_response(FerryClient *client, SoupMessage *msg, GByt
         const char *message = ferry_json_get_string(root, "error");
         if (code < 100 || code > 599)
             code = status >= 400 ? (json_int_t)status : FERRY_ERROR_INTERNAL;
-        g_set_error_literal(error, FERRY_ERROR, (int)code,
-                            message != NULL && *message ? message : soup_message_get_reason_phrase(msg));
+        g_set_error_literal(error, FERRY_ERROR, (int)code, message != NULL && *message ? message : reason);
         return NULL;
     }
 
@@ -297,7 +308,7 @@ static FerryResponse *parse_response(FerryClient *client, SoupMessage *msg, GByt
     response->operation = g_strdup(ferry_json_get_string(root, "operation"));
     if (response->operation != NULL && *response->operation == '\0')
         g_clear_pointer(&response->operation, g_free);
-    response->etag = g_strdup(soup_message_headers_get_one(soup_message_get_response_headers(msg), "ETag"));
+    response->etag = g_strdup(etag);
     json_t *metadata = json_object_get(root, "metadata");
     response->metadata = metadata != NULL ? json_incref(metadata) : json_null();
     return response;
@@ -657,10 +668,144 @@ FerryResponse *ferry_client_upload_file(FerryClient *client, const char *method,
                                       headers, progress, user_data, error);
 }
 
+#define UPLOAD_CHUNK (1024 * 1024)
+
+/* Status line and headers of a response: the status, and Content-Length (-1 when absent). */
+static gboolean read_response_head(GDataInputStream *in, guint *status, char **reason, gint64 *length,
+                                   GError **error)
+{
+    gsize n = 0;
+    g_autofree char *line = g_data_input_stream_read_line(in, &n, NULL, error);
+    if (line == NULL || !g_str_has_prefix(line, "HTTP/1.") || strlen(line) < 12) {
+        if (error != NULL && *error == NULL)
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "The server closed the connection");
+        return FALSE;
+    }
+    *status = (guint)g_ascii_strtoull(line + 9, NULL, 10);
+    *reason = g_strdup(line + MIN(strlen(line), 13));
+    *length = -1;
+    for (;;) {
+        g_autofree char *header = g_data_input_stream_read_line(in, &n, NULL, error);
+        if (header == NULL)
+            return FALSE;
+        if (*header == '\0')
+            return TRUE;
+        if (g_ascii_strncasecmp(header, "Content-Length:", 15) == 0)
+            *length = g_ascii_strtoll(header + 15, NULL, 10);
+    }
+}
+
+/* An upload over the unix socket without libsoup, whose request bodies go out 8 KiB per write: the body in 1 MiB
+ * writes (a quarter of the CPU for a big backup), with the same request and the same answer. */
+static FerryResponse *upload_unix(FerryClient *client, const char *method, const char *path, GInputStream *input,
+                                  gint64 size, const char *const *headers, FerryProgressFunc progress,
+                                  gpointer user_data, GError **error)
+{
+    g_autofree char *url = build_url(client, path);
+    const char *target = strstr(url, "://");
+    target = target != NULL ? strchr(target + 3, '/') : NULL;
+    g_autoptr(GSocketAddress) address = g_unix_socket_address_new(client->socket_path);
+    g_autoptr(GSocketClient) socket_client = g_socket_client_new();
+    g_autoptr(GError) connect_error = NULL;
+    g_autoptr(GSocketConnection) connection =
+        g_socket_client_connect(socket_client, G_SOCKET_CONNECTABLE(address), NULL, &connect_error);
+    if (connection == NULL) {
+        set_transport_error(client, connect_error, error);
+        return NULL;
+    }
+    gboolean expect_continue = FALSE;
+    g_autoptr(GString) head = g_string_new(NULL);
+    g_string_append_printf(head, "%s %s HTTP/1.1\r\nHost: unix.socket\r\nUser-Agent: ferry %s\r\n"
+                                 "Content-Type: application/octet-stream\r\n",
+                           method, target != NULL ? target : path, FERRY_VERSION);
+    if (size >= 0)
+        g_string_append_printf(head, "Content-Length: %" G_GINT64_FORMAT "\r\n", size);
+    else
+        g_string_append(head, "Transfer-Encoding: chunked\r\n");
+    for (gsize i = 0; headers != NULL && headers[i] != NULL && headers[i + 1] != NULL; i += 2) {
+        if (strchr(headers[i + 1], '\n') != NULL || strchr(headers[i + 1], '\r') != NULL)
+            continue;
+        if (g_ascii_strcasecmp(headers[i], "Expect") == 0)
+            expect_continue = TRUE;
+        g_string_append_printf(head, "%s: %s\r\n", headers[i], headers[i + 1]);
+    }
+    g_string_append(head, "Connection: close\r\n\r\n");
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(connection));
+    g_autoptr(GDataInputStream) in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(connection)));
+    g_data_input_stream_set_newline_type(in, G_DATA_STREAM_NEWLINE_TYPE_CR_LF);
+    g_autoptr(GError) io_error = NULL;
+    g_autoptr(GByteArray) body = g_byte_array_new();
+    g_autoptr(GBytes) bytes = NULL;
+    guint status = 0;
+    g_autofree char *reason = NULL;
+    gint64 length = -1;
+    if (!g_output_stream_write_all(out, head->str, head->len, NULL, NULL, &io_error))
+        goto failed;
+    gboolean final = FALSE;
+    if (expect_continue) {
+        if (!read_response_head(in, &status, &reason, &length, &io_error))
+            goto failed;
+        final = status != 100; /* refused on its headers: no body */
+        if (!final)
+            g_clear_pointer(&reason, g_free);
+    }
+    if (!final) {
+        g_autofree guint8 *buffer = g_malloc(UPLOAD_CHUNK);
+        gint64 done = 0, started = g_get_monotonic_time(), last_report = 0;
+        for (;;) {
+            gssize n = g_input_stream_read(input, buffer, UPLOAD_CHUNK, NULL, error);
+            if (n < 0)
+                return NULL;
+            if (size < 0) {
+                char chunk_head[32];
+                int chunk_length = g_snprintf(chunk_head, sizeof chunk_head, "%" G_GSSIZE_MODIFIER "x\r\n", n);
+                if (!g_output_stream_write_all(out, chunk_head, chunk_length, NULL, NULL, &io_error) ||
+                    (n > 0 && !g_output_stream_write_all(out, buffer, n, NULL, NULL, &io_error)) ||
+                    !g_output_stream_write_all(out, "\r\n", 2, NULL, NULL, &io_error))
+                    goto failed;
+            } else if (n > 0 && !g_output_stream_write_all(out, buffer, n, NULL, NULL, &io_error)) {
+                goto failed;
+            }
+            if (n == 0)
+                break;
+            done += n;
+            gint64 now = g_get_monotonic_time();
+            if (progress != NULL && (now - last_report >= G_USEC_PER_SEC / 10 || done == size)) {
+                last_report = now;
+                double elapsed = (double)(now - started) / G_USEC_PER_SEC;
+                FerryProgress report = {"Uploading", NULL, done, size, elapsed > 0.2 ? (gint64)(done / elapsed) : -1};
+                progress(&report, user_data);
+            }
+        }
+        if (!read_response_head(in, &status, &reason, &length, &io_error))
+            goto failed;
+    }
+    guint8 block[16384];
+    for (;;) {
+        gssize n = g_input_stream_read(G_INPUT_STREAM(in), block, sizeof block, NULL, &io_error);
+        if (n < 0)
+            goto failed;
+        if (n == 0 || body->len > 16 * 1024 * 1024)
+            break;
+        g_byte_array_append(body, block, n);
+        if (length >= 0 && (gint64)body->len >= length)
+            break;
+    }
+    bytes = g_byte_array_free_to_bytes(g_steal_pointer(&body));
+    return parse_envelope(client, status, reason != NULL ? reason : "", NULL, bytes, error);
+
+failed:
+    g_set_error(error, FERRY_ERROR, FERRY_ERROR_UNAVAILABLE, "Upload to %s failed: %s", client->address,
+                io_error != NULL ? io_error->message : "connection closed");
+    return NULL;
+}
+
 FerryResponse *ferry_client_upload_stream(FerryClient *client, const char *method, const char *path,
                                           GInputStream *input, gint64 size, const char *const *headers,
                                           FerryProgressFunc progress, gpointer user_data, GError **error)
 {
+    if (client->socket_path != NULL)
+        return upload_unix(client, method, path, input, size, headers, progress, user_data, error);
     g_autoptr(SoupMessage) msg = new_message(client, method, path, error);
     if (msg == NULL)
         return NULL;

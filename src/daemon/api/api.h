@@ -59,6 +59,9 @@ FerryResponse *api_backup_post(FerryRequest *request);     /* rename */
 FerryResponse *api_backup_delete(FerryRequest *request);
 FerryResponse *api_backup_export(FerryRequest *request);
 FerryResponse *api_backup_import(FerryRequest *request);
+/* Called when a request's headers are in (server.c): takes over an import whose client waits for "100 Continue"
+ * and extracts the body as it arrives; FALSE leaves the request to the normal path. */
+gboolean api_backup_import_stream(FerryDaemon *daemon, SoupServerMessage *msg);
 
 /* exec.c: /1.0/instances/{name}/exec */
 FerryResponse *api_instance_exec(FerryRequest *request);

@@ -468,3 +468,203 @@ FerryResponse *api_backup_import(FerryRequest *request)
     ferry_operation_start(op);
     return ferry_response_async(op);
 }
+
+/* --- import while the upload arrives --- */
+
+/* The request body as it arrives on a connection taken over from libsoup: Content-Length or chunked. */
+typedef struct {
+    GDataInputStream *data;
+    gboolean chunked;
+    guint64 remaining; /* of the body (Content-Length) or of the current chunk */
+    gboolean done;
+} BodyReader;
+
+static gssize body_read(void *buffer, gsize size, gpointer user_data, GError **error)
+{
+    BodyReader *body = user_data;
+    if (body->done)
+        return 0;
+    if (body->chunked && body->remaining == 0) {
+        gsize length = 0;
+        g_autofree char *line = g_data_input_stream_read_line(body->data, &length, NULL, error);
+        if (line == NULL) {
+            if (error != NULL && *error == NULL)
+                g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "The upload ended early");
+            return -1;
+        }
+        char *end = NULL;
+        guint64 chunk = g_ascii_strtoull(line, &end, 16);
+        if (end == line || (*end != '\0' && *end != ';' && *end != ' ')) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Bad chunk in the upload");
+            return -1;
+        }
+        if (chunk == 0) {
+            /* Trailers, up to the empty line. */
+            for (;;) {
+                g_autofree char *trailer = g_data_input_stream_read_line(body->data, &length, NULL, error);
+                if (trailer == NULL || *trailer == '\0')
+                    break;
+            }
+            body->done = TRUE;
+            return 0;
+        }
+        body->remaining = chunk;
+    }
+    if (body->remaining == 0) {
+        body->done = TRUE;
+        return 0;
+    }
+    gssize n = g_input_stream_read(G_INPUT_STREAM(body->data), buffer, MIN(size, body->remaining), NULL, error);
+    if (n == 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "The upload ended early");
+        return -1;
+    }
+    if (n < 0)
+        return -1;
+    body->remaining -= n;
+    if (body->chunked && body->remaining == 0) {
+        gsize length = 0;
+        g_autofree char *crlf = g_data_input_stream_read_line(body->data, &length, NULL, NULL);
+    }
+    return n;
+}
+
+typedef struct {
+    GIOStream *stream;
+    char *project;
+    char *name;
+    char *pool;
+    gboolean expect_continue;
+    gboolean chunked;
+    guint64 length;
+} StreamImportTask;
+
+static void stream_import_task_free(gpointer data)
+{
+    StreamImportTask *task = data;
+    if (task->stream != NULL) {
+        g_io_stream_close(task->stream, NULL, NULL);
+        g_object_unref(task->stream);
+    }
+    g_free(task->project);
+    g_free(task->name);
+    g_free(task->pool);
+    g_free(task);
+}
+
+static gboolean write_response(GIOStream *stream, int status, json_t *envelope, const char *location)
+{
+    g_autofree char *body = ferry_json_dump(envelope);
+    g_autofree char *extra = location != NULL ? g_strdup_printf("Location: %s\r\n", location) : g_strdup("");
+    g_autofree char *head = g_strdup_printf("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                                            "Content-Length: %zu\r\n%sConnection: close\r\n\r\n",
+                                            status, soup_status_get_phrase(status), strlen(body), extra);
+    GOutputStream *out = g_io_stream_get_output_stream(stream);
+    return g_output_stream_write_all(out, head, strlen(head), NULL, NULL, NULL) &&
+           g_output_stream_write_all(out, body, strlen(body), NULL, NULL, NULL) &&
+           g_output_stream_flush(out, NULL, NULL);
+}
+
+static void write_error_response(GIOStream *stream, const GError *error)
+{
+    int status = error->domain == FERRY_ERROR && error->code >= 400 && error->code < 600 ? error->code : 500;
+    g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:i, s:s, s:{}}", "type", "error", "status", "",
+                                           "status_code", 0, "error_code", status, "error", error->message,
+                                           "metadata");
+    write_response(stream, status, envelope, NULL);
+}
+
+static gboolean run_stream_import(FerryOperation *op, gpointer data, GError **error)
+{
+    StreamImportTask *task = data;
+    GOutputStream *out = g_io_stream_get_output_stream(task->stream);
+    if (task->expect_continue &&
+        !g_output_stream_write_all(out, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, NULL, error))
+        return FALSE;
+    g_autoptr(GDataInputStream) data_stream = g_data_input_stream_new(g_io_stream_get_input_stream(task->stream));
+    g_buffered_input_stream_set_buffer_size(G_BUFFERED_INPUT_STREAM(data_stream), 1024 * 1024);
+    g_data_input_stream_set_newline_type(data_stream, G_DATA_STREAM_NEWLINE_TYPE_CR_LF);
+    BodyReader body = {data_stream, task->chunked, task->chunked ? 0 : task->length, FALSE};
+    gboolean ok = ferry_backup_import_stream(ferry_operation_get_daemon(op), op, task->project, body_read, &body,
+                                             task->length, task->name, task->pool, error);
+    /* The client sends its whole body before it reads the answer: take the rest (tar padding, or all of it
+     * after a refusal) so that it gets the operation, whose error says what went wrong. */
+    g_autofree guint8 *sink = g_malloc(256 * 1024);
+    g_autoptr(GError) drain_error = NULL;
+    while (body_read(sink, 256 * 1024, &body, &drain_error) > 0)
+        ;
+    if (drain_error == NULL) {
+        g_autoptr(json_t) metadata = ferry_operation_to_json(op);
+        g_autofree char *url = g_strdup_printf("/1.0/operations/%s", ferry_operation_get_id(op));
+        g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:s, s:i, s:s, s:O}", "type", "async", "status",
+                                               "Operation created", "status_code", 100, "operation", url,
+                                               "error_code", 0, "error", "", "metadata", metadata);
+        write_response(task->stream, 202, envelope, url);
+    }
+    g_io_stream_close(task->stream, NULL, NULL);
+    g_clear_object(&task->stream);
+    return ok;
+}
+
+gboolean api_backup_import_stream(FerryDaemon *daemon, SoupServerMessage *msg)
+{
+    SoupMessageHeaders *headers = soup_server_message_get_request_headers(msg);
+    const char *content_type = soup_message_headers_get_content_type(headers, NULL);
+    GUri *uri = soup_server_message_get_uri(msg);
+    /* Only a client that waits for "100 Continue" before its body (ferry's CLI) is read here: nothing of the
+     * body can then be in libsoup's buffers when the connection is taken over. Others go through the upload
+     * file. */
+    if (!g_str_equal(soup_server_message_get_method(msg), "POST") ||
+        !g_str_equal(g_uri_get_path(uri), "/1.0/instances") || content_type == NULL ||
+        !g_str_equal(content_type, "application/octet-stream") ||
+        !(soup_message_headers_get_expectations(headers) & SOUP_EXPECTATION_CONTINUE))
+        return FALSE;
+    SoupEncoding encoding = soup_message_headers_get_encoding(headers);
+    if (encoding != SOUP_ENCODING_CONTENT_LENGTH && encoding != SOUP_ENCODING_CHUNKED)
+        return FALSE;
+
+    StreamImportTask *task = g_new0(StreamImportTask, 1);
+    g_autoptr(GHashTable) query = g_uri_get_query(uri) != NULL
+                                      ? g_uri_parse_params(g_uri_get_query(uri), -1, "&", G_URI_PARAMS_NONE, NULL)
+                                      : NULL;
+    const char *project = query != NULL ? g_hash_table_lookup(query, "project") : NULL;
+    task->project = g_strdup(project != NULL && *project != '\0' ? project : "default");
+    const char *name = soup_message_headers_get_one(headers, "X-Incus-name")
+                           ?: soup_message_headers_get_one(headers, "X-LXD-name");
+    const char *pool = soup_message_headers_get_one(headers, "X-Incus-pool")
+                           ?: soup_message_headers_get_one(headers, "X-LXD-pool");
+    task->name = name != NULL && *name != '\0' ? g_strdup(name) : NULL;
+    task->pool = pool != NULL && *pool != '\0' ? g_strdup(pool) : NULL;
+    task->expect_continue = TRUE;
+    task->chunked = encoding == SOUP_ENCODING_CHUNKED;
+    task->length = task->chunked ? 0 : (guint64)soup_message_headers_get_content_length(headers);
+    task->stream = g_object_ref(soup_server_message_steal_connection(msg));
+
+    /* What the headers alone show is refused before the client sends a byte of its body. */
+    GError *error = NULL;
+    if (!ferry_project_check_exists(daemon, task->project, &error) ||
+        (task->name != NULL && !ferry_validate_instance_name(task->name, &error)) ||
+        (task->pool != NULL && ferry_daemon_get_pool(daemon, task->pool, &error) == NULL)) {
+        write_error_response(task->stream, error);
+        g_error_free(error);
+        stream_import_task_free(task);
+        return TRUE;
+    }
+    if (task->name != NULL && ferry_db_exists(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name)) {
+        g_set_error(&error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Instance \"%s\" already exists", task->name);
+        write_error_response(task->stream, error);
+        g_error_free(error);
+        stream_import_task_free(task);
+        return TRUE;
+    }
+    json_t *resources = json_pack("{s:[]}", "instances");
+    if (task->name != NULL) {
+        g_autofree char *url = instance_url(task->project, task->name);
+        json_array_append_new(json_object_get(resources, "instances"), json_string(url));
+    }
+    g_autoptr(FerryOperation) op = ferry_operation_new(daemon, FERRY_OPERATION_TASK, task->project,
+                                                       "Creating instance", resources, NULL, run_stream_import, task,
+                                                       stream_import_task_free);
+    ferry_operation_start(op);
+    return TRUE;
+}

@@ -248,8 +248,9 @@ static gboolean write_records(ImportState *state, GError **error)
     return ferry_db_commit(db, error);
 }
 
-gboolean ferry_backup_import(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *path,
-                             const char *name, const char *pool, GError **error)
+static gboolean import_backup(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *path,
+                              ImageReadFunc read, gpointer read_data, guint64 size, const char *name, const char *pool,
+                              GError **error)
 {
     ImportState state = {
         .daemon = daemon,
@@ -259,8 +260,10 @@ gboolean ferry_backup_import(FerryDaemon *daemon, FerryOperation *op, const char
         .pool_override = pool != NULL && *pool != '\0' ? pool : NULL,
     };
     static const FerryBackupReadCallbacks callbacks = {on_index, on_tree_begin, on_tree_end, on_progress};
-    gboolean ok = ferry_backup_archive_read(path, &callbacks, &state,
-                                            op != NULL ? ferry_operation_get_cancellable(op) : NULL, error) &&
+    GCancellable *cancellable = op != NULL ? ferry_operation_get_cancellable(op) : NULL;
+    gboolean ok = (path != NULL ? ferry_backup_archive_read(path, &callbacks, &state, cancellable, error)
+                                : ferry_backup_archive_read_stream(read, read_data, size, &callbacks, &state,
+                                                                   cancellable, error)) &&
                   write_records(&state, error);
     if (!ok) {
         if (state.staging != NULL)
@@ -275,4 +278,17 @@ gboolean ferry_backup_import(FerryDaemon *daemon, FerryOperation *op, const char
     json_decref(state.snapshot_docs);
     json_decref(state.config_updates);
     return ok;
+}
+
+gboolean ferry_backup_import(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *path,
+                             const char *name, const char *pool, GError **error)
+{
+    return import_backup(daemon, op, project, path, NULL, NULL, 0, name, pool, error);
+}
+
+gboolean ferry_backup_import_stream(FerryDaemon *daemon, FerryOperation *op, const char *project,
+                                    ImageReadFunc read, gpointer read_data, guint64 size, const char *name,
+                                    const char *pool, GError **error)
+{
+    return import_backup(daemon, op, project, NULL, read, read_data, size, name, pool, error);
 }

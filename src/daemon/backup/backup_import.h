@@ -6,6 +6,7 @@
 #pragma once
 
 #include "daemon.h"
+#include "image_reader.h"
 #include "operations.h"
 
 G_BEGIN_DECLS
@@ -15,5 +16,10 @@ G_BEGIN_DECLS
  * everything wrong with the archive (see backup_reader.h), 501 for what ferry can't import. */
 gboolean ferry_backup_import(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *path,
                              const char *name, const char *pool, GError **error);
+
+/* The same, reading the tarball from a stream as it arrives (size: its length when known, else 0). */
+gboolean ferry_backup_import_stream(FerryDaemon *daemon, FerryOperation *op, const char *project,
+                                    ImageReadFunc read, gpointer read_data, guint64 size, const char *name,
+                                    const char *pool, GError **error);
 
 G_END_DECLS

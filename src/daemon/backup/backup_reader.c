@@ -164,6 +164,72 @@ static gboolean read_index(ReadState *state, GError **error)
 }
 
 /* Check one entry, work out its place and write it. */
+static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GError **error);
+
+static gboolean open_failed(GError *open_error, GError **error)
+{
+    if (g_error_matches(open_error, FERRY_ERROR, FERRY_ERROR_INVALID) &&
+        g_str_has_suffix(open_error->message, "is not a tarball")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Backup file is not a tarball, or its compression is unknown (supported: zstd, gzip, xz, "
+                    "bzip2, lzma, lz4 or none)");
+        g_error_free(open_error);
+    } else {
+        g_propagate_error(error, open_error);
+    }
+    return FALSE;
+}
+
+static gboolean read_all(ImageReader *reader, const FerryBackupReadCallbacks *callbacks, gpointer user_data,
+                         GCancellable *cancellable, GError **error)
+{
+    ReadState state = {
+        .callbacks = callbacks,
+        .user_data = user_data,
+        .cancellable = cancellable,
+        .reader = reader,
+        .done_trees = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+    };
+    gboolean ok = FALSE;
+    for (;;) {
+        struct archive_entry *entry = NULL;
+        if (!image_reader_next(reader, &entry, error))
+            goto out;
+        if (entry == NULL)
+            break;
+        if (!handle_entry(&state, entry, error))
+            goto out;
+    }
+    if (state.index == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/index.yaml");
+        goto out;
+    }
+    if (!end_tree(&state, error))
+        goto out;
+    if (!g_hash_table_contains(state.done_trees, "")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/container");
+        goto out;
+    }
+    for (guint i = 0; i < state.index->snapshots->len; i++) {
+        if (!g_hash_table_contains(state.done_trees, state.index->snapshots->pdata[i])) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: snapshot \"%s\" is listed in index.yaml but has no data",
+                        (const char *)state.index->snapshots->pdata[i]);
+            goto out;
+        }
+    }
+    if (callbacks->progress != NULL)
+        callbacks->progress(image_reader_consumed(reader), MAX(image_reader_size(reader), image_reader_consumed(reader)),
+                            user_data);
+    ok = TRUE;
+out:
+    g_clear_pointer(&state.extractor, image_extractor_free);
+    g_free(state.tree);
+    g_hash_table_unref(state.done_trees);
+    ferry_backup_index_free(state.index);
+    return ok;
+}
+
 static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GError **error)
 {
     const char *raw = archive_entry_pathname(entry);
@@ -281,58 +347,18 @@ gboolean ferry_backup_archive_read(const char *path, const FerryBackupReadCallba
 {
     g_autoptr(GError) open_error = NULL;
     g_autoptr(ImageReader) reader = image_reader_open_kind(path, "Backup", FALSE, cancellable, &open_error);
-    if (reader == NULL) {
-        if (g_error_matches(open_error, FERRY_ERROR, FERRY_ERROR_INVALID) &&
-            g_str_has_suffix(open_error->message, "is not a tarball"))
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                        "Backup file is not a tarball, or its compression is unknown (supported: zstd, gzip, xz, "
-                        "bzip2, lzma, lz4 or none)");
-        else
-            g_propagate_error(error, g_steal_pointer(&open_error));
-        return FALSE;
-    }
-    ReadState state = {
-        .callbacks = callbacks,
-        .user_data = user_data,
-        .cancellable = cancellable,
-        .reader = reader,
-        .done_trees = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
-    };
-    gboolean ok = FALSE;
-    for (;;) {
-        struct archive_entry *entry = NULL;
-        if (!image_reader_next(reader, &entry, error))
-            goto out;
-        if (entry == NULL)
-            break;
-        if (!handle_entry(&state, entry, error))
-            goto out;
-    }
-    if (state.index == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/index.yaml");
-        goto out;
-    }
-    if (!end_tree(&state, error))
-        goto out;
-    if (!g_hash_table_contains(state.done_trees, "")) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/container");
-        goto out;
-    }
-    for (guint i = 0; i < state.index->snapshots->len; i++) {
-        if (!g_hash_table_contains(state.done_trees, state.index->snapshots->pdata[i])) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                        "Invalid backup: snapshot \"%s\" is listed in index.yaml but has no data",
-                        (const char *)state.index->snapshots->pdata[i]);
-            goto out;
-        }
-    }
-    if (callbacks->progress != NULL)
-        callbacks->progress(image_reader_size(reader), image_reader_size(reader), user_data);
-    ok = TRUE;
-out:
-    g_clear_pointer(&state.extractor, image_extractor_free);
-    g_free(state.tree);
-    g_hash_table_unref(state.done_trees);
-    ferry_backup_index_free(state.index);
-    return ok;
+    if (reader == NULL)
+        return open_failed(g_steal_pointer(&open_error), error);
+    return read_all(reader, callbacks, user_data, cancellable, error);
+}
+
+gboolean ferry_backup_archive_read_stream(ImageReadFunc read, gpointer read_data, guint64 size,
+                                          const FerryBackupReadCallbacks *callbacks, gpointer user_data,
+                                          GCancellable *cancellable, GError **error)
+{
+    g_autoptr(GError) open_error = NULL;
+    g_autoptr(ImageReader) reader = image_reader_open_stream(read, read_data, size, "Backup", cancellable, &open_error);
+    if (reader == NULL)
+        return open_failed(g_steal_pointer(&open_error), error);
+    return read_all(reader, callbacks, user_data, cancellable, error);
 }

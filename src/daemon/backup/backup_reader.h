@@ -14,6 +14,7 @@
 #pragma once
 
 #include "backup_index.h"
+#include "image_reader.h"
 
 #include <gio/gio.h>
 
@@ -33,5 +34,9 @@ typedef struct {
 
 gboolean ferry_backup_archive_read(const char *path, const FerryBackupReadCallbacks *callbacks,
                                    gpointer user_data, GCancellable *cancellable, GError **error);
+/* The same from a stream (an upload as it arrives); size is its length when known (0: unknown). */
+gboolean ferry_backup_archive_read_stream(ImageReadFunc read, gpointer read_data, guint64 size,
+                                          const FerryBackupReadCallbacks *callbacks, gpointer user_data,
+                                          GCancellable *cancellable, GError **error);
 
 G_END_DECLS

@@ -27,6 +27,8 @@ struct ImageReader {
     gboolean seen_header;
     guint8 *buffer;
     const char *kind; /* "Image" or "Backup", for messages */
+    ImageReadFunc read_func; /* a stream instead of fd */
+    gpointer read_data;
 };
 
 static la_ssize_t read_callback(struct archive *archive, void *data, const void **buffer)
@@ -38,6 +40,16 @@ static la_ssize_t read_callback(struct archive *archive, void *data, const void 
         return -1;
     }
     ssize_t n;
+    if (reader->read_func != NULL) {
+        n = reader->read_func(reader->buffer, READ_CHUNK, reader->read_data, &reader->read_error);
+        if (n < 0) {
+            archive_set_error(archive, EIO, "Read error");
+            return -1;
+        }
+        reader->consumed += n;
+        *buffer = reader->buffer;
+        return n;
+    }
     do {
         n = read(reader->fd, reader->buffer, READ_CHUNK);
     } while (n < 0 && errno == EINTR);
@@ -73,6 +85,8 @@ static gboolean set_archive_error(ImageReader *reader, GError **error)
     return FALSE;
 }
 
+static gboolean open_archive(ImageReader *reader, GCancellable *cancellable, GError **error);
+
 ImageReader *image_reader_open(const char *path, gboolean hash, GCancellable *cancellable, GError **error)
 {
     return image_reader_open_kind(path, "Image", hash, cancellable, error);
@@ -103,8 +117,29 @@ ImageReader *image_reader_open_kind(const char *path, const char *kind, gboolean
         return NULL;
     }
     reader->size = st.st_size;
-    reader->buffer = g_malloc(READ_CHUNK);
     reader->checksum = hash ? g_checksum_new(G_CHECKSUM_SHA256) : NULL;
+    if (!open_archive(reader, cancellable, error))
+        return NULL;
+    return g_steal_pointer(&reader);
+}
+
+ImageReader *image_reader_open_stream(ImageReadFunc read, gpointer user_data, guint64 size, const char *kind,
+                                      GCancellable *cancellable, GError **error)
+{
+    g_autoptr(ImageReader) reader = g_new0(ImageReader, 1);
+    reader->kind = kind;
+    reader->fd = -1;
+    reader->read_func = read;
+    reader->read_data = user_data;
+    reader->size = size;
+    if (!open_archive(reader, cancellable, error))
+        return NULL;
+    return g_steal_pointer(&reader);
+}
+
+static gboolean open_archive(ImageReader *reader, GCancellable *cancellable, GError **error)
+{
+    reader->buffer = g_malloc(READ_CHUNK);
     reader->cancellable = cancellable != NULL ? g_object_ref(cancellable) : NULL;
 
     /* Only tar, and only in-process decompressors: filter_all would also run external programs. */
@@ -119,9 +154,9 @@ ImageReader *image_reader_open_kind(const char *path, const char *kind, gboolean
     /* Opening already decompresses the first block: a broken stream can fail here. */
     if (archive_read_open(reader->archive, reader, NULL, read_callback, NULL) != ARCHIVE_OK) {
         set_archive_error(reader, error);
-        return NULL;
+        return FALSE;
     }
-    return g_steal_pointer(&reader);
+    return TRUE;
 }
 
 void image_reader_free(ImageReader *reader)

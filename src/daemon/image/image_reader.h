@@ -27,6 +27,12 @@ ImageReader *image_reader_open_kind(const char *path, const char *kind, gboolean
 void image_reader_free(ImageReader *reader);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ImageReader, image_reader_free)
 
+/* Reads up to size bytes into buffer: the count, 0 at the end, -1 with error set. */
+typedef gssize (*ImageReadFunc)(void *buffer, gsize size, gpointer user_data, GError **error);
+/* A reader of a stream (an upload as it arrives): size is its length when known (0: unknown), for progress. */
+ImageReader *image_reader_open_stream(ImageReadFunc read, gpointer user_data, guint64 size, const char *kind,
+                                      GCancellable *cancellable, GError **error);
+
 /* The next header: TRUE with *entry set, TRUE with *entry NULL at the end of the archive. */
 gboolean image_reader_next(ImageReader *reader, struct archive_entry **entry, GError **error);
 
