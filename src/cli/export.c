@@ -62,7 +62,8 @@ int cli_cmd_export(Cli *cli, int argc, char **argv, GError **error)
     gboolean instance_only = FALSE, optimized = FALSE;
     g_autofree char *compression = NULL;
     const CliOption options[] = {
-        {"instance-only", 0, CLI_OPT_BOOL, &instance_only, NULL, "Whether or not to only backup the instance (without snapshots)"},
+        {"instance-only", 0, CLI_OPT_BOOL, &instance_only, NULL,
+         "Whether or not to only backup the instance (without snapshots)"},
         {"optimized-storage", 0, CLI_OPT_BOOL, &optimized, NULL,
          "Use storage driver optimized format (can only be restored on a similar pool)"},
         {"compression", 0, CLI_OPT_STRING, &compression, "ALGORITHM",
@@ -84,9 +85,9 @@ int cli_cmd_export(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(GDateTime) expiry = g_date_time_new_now_utc();
     g_autoptr(GDateTime) expires = g_date_time_add_hours(expiry, 24);
     g_autofree char *expires_text = g_date_time_format_iso8601(expires);
-    g_autoptr(json_t) body = json_pack("{s:s, s:s, s:b, s:b, s:s}", "name", "", "expires_at", expires_text,
-                                       "instance_only", instance_only, "optimized_storage", optimized,
-                                       "compression_algorithm", algorithm);
+    g_autoptr(json_t) body =
+        json_pack("{s:s, s:s, s:b, s:b, s:s}", "name", "", "expires_at", expires_text, "instance_only",
+                  instance_only, "optimized_storage", optimized, "compression_algorithm", algorithm);
     g_autofree char *backups_path = ferry_api_path("instances", name, "backups", NULL);
     g_autoptr(json_t) created = ferry_client_run(client, "POST", backups_path, body, NULL, NULL, error);
     if (created == NULL)
@@ -109,8 +110,8 @@ int cli_cmd_export(Cli *cli, int argc, char **argv, GError **error)
         g_autoptr(GOutputStream) out = g_unix_output_stream_new(fd, !to_stdout);
         g_autoptr(CliProgress) progress = cli_progress_new(cli, "Exporting backup");
         Download download = {client, progress, NULL};
-        ok = ferry_client_download(client, export_path, out, on_download_started, on_download_progress, &download,
-                                   error);
+        ok = ferry_client_download(client, export_path, out, on_download_started, on_download_progress,
+                                   &download, error);
         ok = ok && g_output_stream_close(out, NULL, error);
         if (download.watch != NULL) {
             /* The operation knows why a stream ended early better than the broken stream does. */

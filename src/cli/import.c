@@ -27,7 +27,8 @@ int cli_cmd_import(Cli *cli, int argc, char **argv, GError **error)
         first = 1;
     }
     if (args->len - first < 1 || args->len - first > 2) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Usage: ferry import [<remote>:] <backup file> [<instance name>]");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Usage: ferry import [<remote>:] <backup file> [<instance name>]");
         return -1;
     }
     const char *file = g_ptr_array_index(args, first);
@@ -40,7 +41,8 @@ int cli_cmd_import(Cli *cli, int argc, char **argv, GError **error)
     g_autoptr(FerryClient) client = cli_connect(cli, remote, error);
     if (client == NULL)
         return -1;
-    /* Waiting for "100 Continue" lets a ferry server extract the archive as it arrives (Incus answers it too). */
+    /* Waiting for "100 Continue" lets a ferry server extract the archive as it arrives (Incus answers it
+     * too). */
     const char *headers[7] = {"Expect", "100-continue", NULL};
     guint n = 2;
     if (name != NULL) {
@@ -58,16 +60,18 @@ int cli_cmd_import(Cli *cli, int argc, char **argv, GError **error)
         response = ferry_client_upload_stream(client, "POST", "/1.0/instances", input, -1, headers,
                                               cli_progress_update, progress, error);
     } else {
-        response = ferry_client_upload_file(client, "POST", "/1.0/instances", file, headers, cli_progress_update,
-                                            progress, error);
+        response = ferry_client_upload_file(client, "POST", "/1.0/instances", file, headers,
+                                            cli_progress_update, progress, error);
     }
     if (response == NULL)
         return -1;
     const char *operation = response->operation ?: ferry_json_get_string(response->metadata, "id");
     if (operation == NULL) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL, "The server answered the upload without an operation");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "The server answered the upload without an operation");
         return -1;
     }
-    g_autoptr(json_t) op = ferry_client_wait_operation(client, operation, cli_progress_update, progress, error);
+    g_autoptr(json_t) op =
+        ferry_client_wait_operation(client, operation, cli_progress_update, progress, error);
     return op != NULL ? 0 : -1;
 }

@@ -1,6 +1,7 @@
 /* libFuzzer target: a backup tarball from arbitrary bytes is read and extracted as an import does, each tree
  * into its own directory under a scratch dest/. Besides memory errors, anything appearing next to dest/ (the
- * scratch directory holds only the input and dest/) is a crash: extraction must never leave its destinations. */
+ * scratch directory holds only the input and dest/) is a crash: extraction must never leave its destinations.
+ */
 #include "backup_reader.h"
 
 #include <errno.h>
@@ -62,7 +63,8 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
 static char *on_tree_begin(const char *snapshot, guint32 *shift, gpointer user_data, GError **error)
 {
     const char *dest = user_data;
-    g_autofree char *leaf = snapshot != NULL ? g_strdup_printf("snapshot-%s", snapshot) : g_strdup("instance");
+    g_autofree char *leaf =
+        snapshot != NULL ? g_strdup_printf("snapshot-%s", snapshot) : g_strdup("instance");
     char *path = g_build_filename(dest, leaf, NULL);
     /* Snapshot names come from the archive: they must be single path components. */
     g_assert(strchr(leaf, '/') == NULL);

@@ -445,3 +445,29 @@ def test_btrfs_pool_import(source, tmp_path):
         assert full_digest(rootfs(srv, "c1", snap)) == full_digest(snap_root)
     assert sorted(os.listdir(os.path.join(pool_dir(srv, "bt"), "containers"))) == ["default_cb"]
     srv.call("DELETE", "/1.0/instances/cb")
+
+
+def test_over_https(source, tmp_path):
+    """A remote reached over HTTPS: the export streams through TLS, the import is extracted as it arrives."""
+    srv = source
+    srv.listen_https()
+    token = srv.ferry("config", "trust", "add", "laptop", "-q").stdout.strip()
+    env = dict(srv.env(), FERRY_CONF=str(tmp_path / "client"), HOME=str(tmp_path))
+
+    def client(*args, check=True, input=None):
+        proc = subprocess.run([srv.ferry_path, *args], env=env, capture_output=True, timeout=300, input=input)
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    client("remote", "add", "far", token)
+    archive = str(tmp_path / "c1.tar.zst")
+    client("export", "far:c1", archive, "-q")
+    client("import", "far:", archive, "c6", "-q")
+    assert full_digest(rootfs(srv, "c1")) == full_digest(rootfs(srv, "c6"))
+    with open(archive, "rb") as f:
+        client("import", "far:", "-", "c7", input=f.read())
+    assert full_digest(rootfs(srv, "c1", "s1")) == full_digest(rootfs(srv, "c7", "s1"))
+    refused = client("import", "far:", archive, "c1", check=False)
+    assert b'Instance "c1" already exists' in refused.stderr
+    assert left_behind(srv, keep=("default_c1", "default_c6", "default_c7")) == []

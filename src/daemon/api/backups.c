@@ -58,7 +58,8 @@ static GPtrArray *instance_records(const char *project, const char *instance, gb
     return list;
 }
 
-static BackupRecord *find_record(const char *project, const char *instance, const char *name, guint *index_out)
+static BackupRecord *find_record(const char *project, const char *instance, const char *name,
+                                 guint *index_out)
 {
     GPtrArray *list = instance_records(project, instance, FALSE);
     for (guint i = 0; list != NULL && i < list->len; i++) {
@@ -78,7 +79,8 @@ static char *backup_url(const char *project, const char *instance, const char *n
     g_autofree char *escaped_name = g_uri_escape_string(name, NULL, FALSE);
     if (g_str_equal(project, "default"))
         return g_strdup_printf("/1.0/instances/%s/backups/%s", escaped_instance, escaped_name);
-    return g_strdup_printf("/1.0/instances/%s/backups/%s?project=%s", escaped_instance, escaped_name, project);
+    return g_strdup_printf("/1.0/instances/%s/backups/%s?project=%s", escaped_instance, escaped_name,
+                           project);
 }
 
 static char *instance_url(const char *project, const char *instance)
@@ -92,10 +94,10 @@ static json_t *render_record(const char *project, const char *instance, const Ba
 {
     g_autofree char *created = ferry_json_timestamp(record->created_at);
     g_autofree char *expires = record->expires_at > 0 ? ferry_json_timestamp(record->expires_at) : NULL;
-    return json_pack("{s:s, s:s, s:s, s:b, s:b, s:s}", "name", record->name, "created_at", created, "expires_at",
-                     expires != NULL ? expires : FERRY_JSON_ZERO_TIME, "instance_only", record->options.instance_only,
-                     "optimized_storage", record->options.optimized, "compression_algorithm",
-                     ferry_backup_compression_name(record->options.compression));
+    return json_pack("{s:s, s:s, s:s, s:b, s:b, s:s}", "name", record->name, "created_at", created,
+                     "expires_at", expires != NULL ? expires : FERRY_JSON_ZERO_TIME, "instance_only",
+                     record->options.instance_only, "optimized_storage", record->options.optimized,
+                     "compression_algorithm", ferry_backup_compression_name(record->options.compression));
 }
 
 /* The instance must exist (404 otherwise). */
@@ -145,16 +147,19 @@ static FerryResponse *record_operation(FerryRequest *request, const char *descri
     json_t *resources = json_pack("{s:[s]}", "instances", url);
     if (burl != NULL)
         json_object_set_new(resources, "backups", json_pack("[s]", burl));
-    g_autoptr(FerryOperation) op = ferry_operation_new(request->daemon, FERRY_OPERATION_TASK, request->project,
-                                                       description, resources, NULL, run_nothing, NULL, NULL);
+    g_autoptr(FerryOperation) op =
+        ferry_operation_new(request->daemon, FERRY_OPERATION_TASK, request->project, description, resources,
+                            NULL, run_nothing, NULL, NULL);
     ferry_operation_start(op);
     return ferry_response_async(op);
 }
 
 static gboolean check_backup_name(const char *name, GError **error)
 {
-    if (name == NULL || *name == '\0' || strchr(name, '/') != NULL || !ferry_validate_snapshot_name(name, NULL)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup name \"%s\"", name != NULL ? name : "");
+    if (name == NULL || *name == '\0' || strchr(name, '/') != NULL ||
+        !ferry_validate_snapshot_name(name, NULL)) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup name \"%s\"",
+                    name != NULL ? name : "");
         return FALSE;
     }
     return TRUE;
@@ -325,9 +330,9 @@ static gboolean send_chunk(const void *data, gsize size, gpointer user_data, GEr
 static void send_error_response(ExportTask *task, const GError *error)
 {
     int status = error->domain == FERRY_ERROR && error->code >= 400 && error->code < 600 ? error->code : 500;
-    g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:i, s:s, s:{}}", "type", "error", "status", "",
-                                           "status_code", 0, "error_code", status, "error", error->message,
-                                           "metadata");
+    g_autoptr(json_t) envelope =
+        json_pack("{s:s, s:s, s:i, s:i, s:s, s:{}}", "type", "error", "status", "", "status_code", 0,
+                  "error_code", status, "error", error->message, "metadata");
     g_autofree char *body = ferry_json_dump(envelope);
     g_autofree char *response = g_strdup_printf("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                                                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
@@ -340,8 +345,8 @@ static gboolean run_export(FerryOperation *op, gpointer data, GError **error)
     ExportTask *task = data;
     FerryDaemon *daemon = ferry_operation_get_daemon(op);
     g_autoptr(GError) local_error = NULL;
-    gboolean ok = ferry_backup_export(daemon, op, task->project, task->instance, &task->options, send_chunk, task,
-                                      &local_error) &&
+    gboolean ok = ferry_backup_export(daemon, op, task->project, task->instance, &task->options, send_chunk,
+                                      task, &local_error) &&
                   send_chunk(NULL, 0, task, &local_error) && send_all(task, "0\r\n\r\n", 5, &local_error) &&
                   g_output_stream_flush(g_io_stream_get_output_stream(task->stream), NULL, &local_error);
     if (!ok) {
@@ -366,13 +371,14 @@ FerryResponse *api_backup_export(FerryRequest *request)
     task->project = g_strdup(request->project);
     task->instance = g_strdup(instance);
     task->options = record->options;
-    task->filename = g_strdup_printf("%s%s", record->name, ferry_backup_compression_extension(record->options.compression));
+    task->filename = g_strdup_printf("%s%s", record->name,
+                                     ferry_backup_compression_extension(record->options.compression));
     g_autofree char *url = instance_url(request->project, instance);
     g_autofree char *burl = backup_url(request->project, instance, record->name);
-    g_autoptr(FerryOperation) op =
-        ferry_operation_new(request->daemon, FERRY_OPERATION_TASK, request->project, "Exporting instance backup",
-                            json_pack("{s:[s], s:[s]}", "instances", url, "backups", burl), NULL, run_export, task,
-                            export_task_free);
+    g_autoptr(FerryOperation) op = ferry_operation_new(
+        request->daemon, FERRY_OPERATION_TASK, request->project, "Exporting instance backup",
+        json_pack("{s:[s], s:[s]}", "instances", url, "backups", burl), NULL, run_export, task,
+        export_task_free);
     task->operation_url = g_strdup_printf("/1.0/operations/%s", ferry_operation_get_id(op));
     /* From here the connection is ours: the worker writes the response itself, with blocking I/O, at the pace
      * the client reads it. */
@@ -405,8 +411,8 @@ static void import_task_free(gpointer data)
 static gboolean run_import(FerryOperation *op, gpointer data, GError **error)
 {
     ImportTask *task = data;
-    gboolean ok = ferry_backup_import(ferry_operation_get_daemon(op), op, task->project, task->path, task->name,
-                                      task->pool, error);
+    gboolean ok = ferry_backup_import(ferry_operation_get_daemon(op), op, task->project, task->path,
+                                      task->name, task->pool, error);
     /* Finished operations linger for a while; their uploads should not. */
     g_unlink(task->path);
     g_clear_pointer(&task->path, g_free);
@@ -462,9 +468,9 @@ FerryResponse *api_backup_import(FerryRequest *request)
         g_autofree char *url = instance_url(request->project, name);
         json_array_append_new(json_object_get(resources, "instances"), json_string(url));
     }
-    g_autoptr(FerryOperation) op = ferry_operation_new(daemon, FERRY_OPERATION_TASK, request->project,
-                                                       "Creating instance", resources, NULL, run_import, task,
-                                                       import_task_free);
+    g_autoptr(FerryOperation) op =
+        ferry_operation_new(daemon, FERRY_OPERATION_TASK, request->project, "Creating instance", resources,
+                            NULL, run_import, task, import_task_free);
     ferry_operation_start(op);
     return ferry_response_async(op);
 }
@@ -514,7 +520,8 @@ static gssize body_read(void *buffer, gsize size, gpointer user_data, GError **e
         body->done = TRUE;
         return 0;
     }
-    gssize n = g_input_stream_read(G_INPUT_STREAM(body->data), buffer, MIN(size, body->remaining), NULL, error);
+    gssize n =
+        g_input_stream_read(G_INPUT_STREAM(body->data), buffer, MIN(size, body->remaining), NULL, error);
     if (n == 0) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "The upload ended early");
         return -1;
@@ -568,9 +575,9 @@ static gboolean write_response(GIOStream *stream, int status, json_t *envelope, 
 static void write_error_response(GIOStream *stream, const GError *error)
 {
     int status = error->domain == FERRY_ERROR && error->code >= 400 && error->code < 600 ? error->code : 500;
-    g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:i, s:s, s:{}}", "type", "error", "status", "",
-                                           "status_code", 0, "error_code", status, "error", error->message,
-                                           "metadata");
+    g_autoptr(json_t) envelope =
+        json_pack("{s:s, s:s, s:i, s:i, s:s, s:{}}", "type", "error", "status", "", "status_code", 0,
+                  "error_code", status, "error", error->message, "metadata");
     write_response(stream, status, envelope, NULL);
 }
 
@@ -581,12 +588,13 @@ static gboolean run_stream_import(FerryOperation *op, gpointer data, GError **er
     if (task->expect_continue &&
         !g_output_stream_write_all(out, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, NULL, error))
         return FALSE;
-    g_autoptr(GDataInputStream) data_stream = g_data_input_stream_new(g_io_stream_get_input_stream(task->stream));
+    g_autoptr(GDataInputStream) data_stream =
+        g_data_input_stream_new(g_io_stream_get_input_stream(task->stream));
     g_buffered_input_stream_set_buffer_size(G_BUFFERED_INPUT_STREAM(data_stream), 1024 * 1024);
     g_data_input_stream_set_newline_type(data_stream, G_DATA_STREAM_NEWLINE_TYPE_CR_LF);
     BodyReader body = {data_stream, task->chunked, task->chunked ? 0 : task->length, FALSE};
-    gboolean ok = ferry_backup_import_stream(ferry_operation_get_daemon(op), op, task->project, body_read, &body,
-                                             task->length, task->name, task->pool, error);
+    gboolean ok = ferry_backup_import_stream(ferry_operation_get_daemon(op), op, task->project, body_read,
+                                             &body, task->length, task->name, task->pool, error);
     /* The client sends its whole body before it reads the answer: take the rest (tar padding, or all of it
      * after a refusal) so that it gets the operation, whose error says what went wrong. */
     g_autofree guint8 *sink = g_malloc(256 * 1024);
@@ -596,9 +604,9 @@ static gboolean run_stream_import(FerryOperation *op, gpointer data, GError **er
     if (drain_error == NULL) {
         g_autoptr(json_t) metadata = ferry_operation_to_json(op);
         g_autofree char *url = g_strdup_printf("/1.0/operations/%s", ferry_operation_get_id(op));
-        g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:s, s:i, s:s, s:O}", "type", "async", "status",
-                                               "Operation created", "status_code", 100, "operation", url,
-                                               "error_code", 0, "error", "", "metadata", metadata);
+        g_autoptr(json_t) envelope = json_pack("{s:s, s:s, s:i, s:s, s:i, s:s, s:O}", "type", "async",
+                                               "status", "Operation created", "status_code", 100, "operation",
+                                               url, "error_code", 0, "error", "", "metadata", metadata);
         write_response(task->stream, 202, envelope, url);
     }
     g_io_stream_close(task->stream, NULL, NULL);
@@ -624,9 +632,10 @@ gboolean api_backup_import_stream(FerryDaemon *daemon, SoupServerMessage *msg)
         return FALSE;
 
     StreamImportTask *task = g_new0(StreamImportTask, 1);
-    g_autoptr(GHashTable) query = g_uri_get_query(uri) != NULL
-                                      ? g_uri_parse_params(g_uri_get_query(uri), -1, "&", G_URI_PARAMS_NONE, NULL)
-                                      : NULL;
+    g_autoptr(GHashTable) query =
+        g_uri_get_query(uri) != NULL
+            ? g_uri_parse_params(g_uri_get_query(uri), -1, "&", G_URI_PARAMS_NONE, NULL)
+            : NULL;
     const char *project = query != NULL ? g_hash_table_lookup(query, "project") : NULL;
     task->project = g_strdup(project != NULL && *project != '\0' ? project : "default");
     const char *name = soup_message_headers_get_one(headers, "X-Incus-name")
@@ -650,7 +659,8 @@ gboolean api_backup_import_stream(FerryDaemon *daemon, SoupServerMessage *msg)
         stream_import_task_free(task);
         return TRUE;
     }
-    if (task->name != NULL && ferry_db_exists(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name)) {
+    if (task->name != NULL &&
+        ferry_db_exists(daemon->db, FERRY_KIND_INSTANCE, task->project, "", task->name)) {
         g_set_error(&error, FERRY_ERROR, FERRY_ERROR_CONFLICT, "Instance \"%s\" already exists", task->name);
         write_error_response(task->stream, error);
         g_error_free(error);
@@ -662,9 +672,9 @@ gboolean api_backup_import_stream(FerryDaemon *daemon, SoupServerMessage *msg)
         g_autofree char *url = instance_url(task->project, task->name);
         json_array_append_new(json_object_get(resources, "instances"), json_string(url));
     }
-    g_autoptr(FerryOperation) op = ferry_operation_new(daemon, FERRY_OPERATION_TASK, task->project,
-                                                       "Creating instance", resources, NULL, run_stream_import, task,
-                                                       stream_import_task_free);
+    g_autoptr(FerryOperation) op =
+        ferry_operation_new(daemon, FERRY_OPERATION_TASK, task->project, "Creating instance", resources, NULL,
+                            run_stream_import, task, stream_import_task_free);
     ferry_operation_start(op);
     return TRUE;
 }

@@ -71,8 +71,8 @@ static json_t *yaml_config(json_t *header)
 }
 
 gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *name,
-                             const FerryBackupOptions *options, FerryBackupWriteFunc write, gpointer user_data,
-                             GError **error)
+                             const FerryBackupOptions *options, FerryBackupWriteFunc write,
+                             gpointer user_data, GError **error)
 {
     GCancellable *cancellable = op != NULL ? ferry_operation_get_cancellable(op) : NULL;
     g_autoptr(json_t) doc = ferry_db_get(daemon->db, FERRY_KIND_INSTANCE, project, "", name, error);
@@ -112,7 +112,8 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     mark_unshifted(instance);
 
     const char *pool_name = ferry_pool_get_name(pool);
-    g_autoptr(json_t) header = ferry_offer_index_header(daemon, project, instance, snapshots, pool_name, TRUE);
+    g_autoptr(json_t) header =
+        ferry_offer_index_header(daemon, project, instance, snapshots, pool_name, TRUE);
     g_autoptr(json_t) config = yaml_config(header);
     g_autofree char *index_text =
         ferry_backup_index_render(name, ferry_pool_get_driver(pool), pool_name, names, FALSE, config, error);
@@ -143,22 +144,25 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     if (writer == NULL)
         return FALSE;
     ferry_backup_writer_set_progress(writer, on_progress, &progress);
-    if (!ferry_backup_writer_add_file(writer, "backup/index.yaml", index_text, strlen(index_text), 0644, error))
+    if (!ferry_backup_writer_add_file(writer, "backup/index.yaml", index_text, strlen(index_text), 0644,
+                                      error))
         return FALSE;
     for (guint i = 0; i < names->len; i++) {
         g_autofree char *prefix = g_strdup_printf("backup/snapshots/%s", (const char *)names->pdata[i]);
         const DiskMap *map = &g_array_index(maps, DiskMap, i);
-        if (!ferry_backup_writer_add_tree(writer, snapshot_paths->pdata[i], prefix, map->base, map->range, error)) {
+        if (!ferry_backup_writer_add_tree(writer, snapshot_paths->pdata[i], prefix, map->base, map->range,
+                                          error)) {
             g_prefix_error(error, "Snapshot \"%s\": ", (const char *)names->pdata[i]);
             return FALSE;
         }
     }
     if (!ferry_backup_writer_add_tree(writer, volume_path, "backup/container", base, range, error) ||
-        !ferry_backup_writer_add_file(writer, "backup/container/backup.yaml", backup_yaml, strlen(backup_yaml),
-                                      0400, error) ||
+        !ferry_backup_writer_add_file(writer, "backup/container/backup.yaml", backup_yaml,
+                                      strlen(backup_yaml), 0400, error) ||
         !ferry_backup_writer_close(writer, error))
         return FALSE;
     if (op != NULL)
-        ferry_operation_report_progress(op, "create_backup_progress", "Exporting", progress.total, progress.total);
+        ferry_operation_report_progress(op, "create_backup_progress", "Exporting", progress.total,
+                                        progress.total);
     return TRUE;
 }

@@ -21,8 +21,8 @@ typedef struct {
     char *name;
     FerryPool *pool;
     char *volume;
-    char *staging;      /* btrfs: the subvolume a snapshot is extracted into before it becomes one */
-    gboolean prepared;  /* the "creating" row exists */
+    char *staging;     /* btrfs: the subvolume a snapshot is extracted into before it becomes one */
+    gboolean prepared; /* the "creating" row exists */
     gboolean volume_created;
     gboolean instance_done;
     gboolean privileged;
@@ -34,7 +34,8 @@ static json_t *find_root_device(json_t *devices)
 {
     const char *key;
     json_t *device;
-    json_object_foreach(devices, key, device) {
+    json_object_foreach(devices, key, device)
+    {
         if (g_strcmp0(ferry_json_get_string(device, "type"), "disk") == 0 &&
             g_strcmp0(ferry_json_get_string(device, "path"), "/") == 0)
             return device;
@@ -58,12 +59,13 @@ static void retarget_root(FerryDaemon *daemon, const char *project, json_t *reco
     }
     g_autoptr(json_t) expanded = NULL;
     json_t *profile_root = NULL;
-    if (ferry_config_expand(daemon->db, project, json_object_get(record, "profiles"), NULL, devices, NULL, &expanded,
-                            NULL) &&
+    if (ferry_config_expand(daemon->db, project, json_object_get(record, "profiles"), NULL, devices, NULL,
+                            &expanded, NULL) &&
         ferry_devices_find_root(expanded, NULL, &profile_root, NULL) &&
         g_strcmp0(ferry_json_get_string(profile_root, "pool"), pool) == 0)
         return;
-    json_object_set_new(devices, "root", json_pack("{s:s, s:s, s:s}", "path", "/", "pool", pool, "type", "disk"));
+    json_object_set_new(devices, "root",
+                        json_pack("{s:s, s:s, s:s}", "path", "/", "pool", pool, "type", "disk"));
 }
 
 static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **error)
@@ -90,13 +92,15 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
     const char *architecture = ferry_json_get_string(container, "architecture");
     if (architecture != NULL)
         json_object_set_new(request, "architecture", json_string(architecture));
-    json_object_set_new(request, "config", ferry_instance_config_for_copy(json_object_get(container, "config")));
+    json_object_set_new(request, "config",
+                        ferry_instance_config_for_copy(json_object_get(container, "config")));
     json_object_set_new(request, "devices", ferry_json_object_or_empty(container, "devices"));
     if (json_is_array(json_object_get(container, "profiles")))
         json_object_set(request, "profiles", json_object_get(container, "profiles"));
     json_object_set_new(request, "description",
                         json_string(ferry_json_get_string(container, "description") ?: ""));
-    json_object_set_new(request, "ephemeral", json_boolean(ferry_json_get_bool(container, "ephemeral", FALSE)));
+    json_object_set_new(request, "ephemeral",
+                        json_boolean(ferry_json_get_bool(container, "ephemeral", FALSE)));
     if (pool != NULL)
         retarget_root(daemon, state->project, request, pool);
 
@@ -115,8 +119,8 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
     state->privileged = ferry_config_bool(expanded_config, "security.privileged");
     FerryIdmap map = {FERRY_IDMAP_DEFAULT_BASE, FERRY_IDMAP_DEFAULT_RANGE};
     g_autofree char *idmap_json = ferry_idmap_to_json(state->privileged ? NULL : &map);
-    state->config_updates = json_pack("{s:s, s:s}", "volatile.last_state.idmap", idmap_json, "volatile.idmap.base",
-                                      state->privileged ? "0" : "1000000");
+    state->config_updates = json_pack("{s:s, s:s}", "volatile.last_state.idmap", idmap_json,
+                                      "volatile.idmap.base", state->privileged ? "0" : "1000000");
 
     /* The snapshot rows, ready for the end: same root pool, the owners they now have on disk. */
     state->snapshot_docs = json_object();
@@ -124,16 +128,19 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
         const char *snapshot = index->snapshots->pdata[i];
         json_t *source = ferry_backup_index_snapshot_config(index, snapshot);
         json_t *snap = json_object();
-        json_object_set_new(snap, "architecture",
-                            json_string(ferry_json_get_string(source, "architecture") ?: architecture ?: "x86_64"));
-        json_object_set_new(snap, "config",
-                            ferry_instance_config_for_copy(json_object_get(source != NULL ? source : container,
-                                                                           "config")));
+        const char *snapshot_architecture = ferry_json_get_string(source, "architecture");
+        if (snapshot_architecture == NULL)
+            snapshot_architecture = architecture != NULL ? architecture : "x86_64";
+        json_object_set_new(snap, "architecture", json_string(snapshot_architecture));
+        json_object_set_new(
+            snap, "config",
+            ferry_instance_config_for_copy(json_object_get(source != NULL ? source : container, "config")));
         json_object_update(json_object_get(snap, "config"), state->config_updates);
-        json_object_set_new(snap, "devices", ferry_json_object_or_empty(source != NULL ? source : container,
-                                                                        "devices"));
+        json_object_set_new(snap, "devices",
+                            ferry_json_object_or_empty(source != NULL ? source : container, "devices"));
         json_t *profiles = json_object_get(source != NULL ? source : container, "profiles");
-        json_object_set_new(snap, "profiles", json_is_array(profiles) ? json_deep_copy(profiles) : json_array());
+        json_object_set_new(snap, "profiles",
+                            json_is_array(profiles) ? json_deep_copy(profiles) : json_array());
         static const char *const copied[] = {"expanded_config", "expanded_devices"};
         for (gsize j = 0; j < G_N_ELEMENTS(copied); j++)
             json_object_set_new(snap, copied[j], ferry_json_object_or_empty(source, copied[j]));
@@ -170,7 +177,8 @@ static char *on_tree_begin(const char *snapshot, guint32 *shift, gpointer user_d
     gboolean dir_driver = g_str_equal(ferry_pool_get_driver(state->pool), "dir");
     if (snapshot != NULL && dir_driver) {
         /* On dir a snapshot is a plain directory: extract straight into it. */
-        g_autofree char *path = ferry_pool_snapshot_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume, snapshot);
+        g_autofree char *path =
+            ferry_pool_snapshot_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume, snapshot);
         g_autofree char *parent = g_path_get_dirname(path);
         if (g_mkdir(parent, 0700) < 0 && errno != EEXIST) {
             ferry_set_error_errno(error, errno, "Failed to create %s", parent);
@@ -187,9 +195,10 @@ static char *on_tree_begin(const char *snapshot, guint32 *shift, gpointer user_d
         return ferry_pool_volume_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume);
     }
     if (state->instance_done) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                    "Invalid backup: snapshot \"%s\" comes after the instance (snapshots come first, oldest first)",
-                    snapshot);
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_INVALID,
+            "Invalid backup: snapshot \"%s\" comes after the instance (snapshots come first, oldest first)",
+            snapshot);
         return NULL;
     }
     /* A snapshot here is made from the volume (btrfs: a read-only subvolume snapshot): each later tree is
@@ -211,7 +220,8 @@ static gboolean on_tree_end(const char *snapshot, gpointer user_data, GError **e
     if (snapshot != NULL && g_str_equal(ferry_pool_get_driver(state->pool), "dir"))
         return TRUE;
     if (state->staging != NULL) {
-        if (!ferry_pool_exchange_volumes(state->pool, FERRY_VOLUME_CONTAINER, state->volume, state->staging, error) ||
+        if (!ferry_pool_exchange_volumes(state->pool, FERRY_VOLUME_CONTAINER, state->volume, state->staging,
+                                         error) ||
             !ferry_pool_delete_volume(state->pool, FERRY_VOLUME_CONTAINER, state->staging, error))
             return FALSE;
         g_clear_pointer(&state->staging, g_free);
@@ -224,7 +234,8 @@ static void on_progress(guint64 done, guint64 total, gpointer user_data)
 {
     ImportState *state = user_data;
     if (state->op != NULL)
-        ferry_operation_report_progress(state->op, "create_instance_from_backup_progress", "Importing", done, total);
+        ferry_operation_report_progress(state->op, "create_instance_from_backup_progress", "Importing", done,
+                                        total);
 }
 
 /* The snapshot rows and the finished instance, together or not at all. */
@@ -234,14 +245,15 @@ static gboolean write_records(ImportState *state, GError **error)
     ferry_db_begin(db);
     const char *snapshot;
     json_t *doc;
-    json_object_foreach(state->snapshot_docs, snapshot, doc) {
+    json_object_foreach(state->snapshot_docs, snapshot, doc)
+    {
         if (!ferry_db_create(db, FERRY_KIND_SNAPSHOT, state->project, state->name, snapshot, doc, error)) {
             ferry_db_rollback(db);
             return FALSE;
         }
     }
-    if (!ferry_instance_creation_done(state->daemon, state->project, state->name, state->config_updates, FALSE,
-                                      error)) {
+    if (!ferry_instance_creation_done(state->daemon, state->project, state->name, state->config_updates,
+                                      FALSE, error)) {
         ferry_db_rollback(db);
         return FALSE;
     }
@@ -249,8 +261,8 @@ static gboolean write_records(ImportState *state, GError **error)
 }
 
 static gboolean import_backup(FerryDaemon *daemon, FerryOperation *op, const char *project, const char *path,
-                              ImageReadFunc read, gpointer read_data, guint64 size, const char *name, const char *pool,
-                              GError **error)
+                              ImageReadFunc read, gpointer read_data, guint64 size, const char *name,
+                              const char *pool, GError **error)
 {
     ImportState state = {
         .daemon = daemon,

@@ -45,7 +45,8 @@ static gboolean stringify_map(json_t *map)
         return FALSE;
     const char *key;
     json_t *value;
-    json_object_foreach(map, key, value) {
+    json_object_foreach(map, key, value)
+    {
         if (json_is_string(value))
             continue;
         g_autofree char *text = ferry_yaml_scalar_text(value);
@@ -73,7 +74,8 @@ static gboolean stringify_instance(json_t *object)
             return FALSE;
         const char *name;
         json_t *device;
-        json_object_foreach(devices, name, device) {
+        json_object_foreach(devices, name, device)
+        {
             if (!stringify_map(device))
                 return FALSE;
         }
@@ -101,8 +103,8 @@ FerryBackupIndex *ferry_backup_index_parse(const char *text, gsize length, GErro
         return NULL;
     }
     if (!ferry_validate_instance_name(index->name, NULL)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup index.yaml: bad instance name \"%s\"",
-                    index->name);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup index.yaml: bad instance name \"%s\"", index->name);
         return NULL;
     }
     index->backend = scalar_field(root, "backend");
@@ -132,10 +134,13 @@ FerryBackupIndex *ferry_backup_index_parse(const char *text, gsize length, GErro
     }
     size_t i;
     json_t *item;
-    json_array_foreach(snapshots, i, item) {
+    json_array_foreach(snapshots, i, item)
+    {
         g_autofree char *snapshot = ferry_yaml_scalar_text(item);
-        if (snapshot == NULL || !ferry_validate_snapshot_name(snapshot, NULL) || strchr(snapshot, '/') != NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup index.yaml: bad snapshot name \"%s\"",
+        if (snapshot == NULL || !ferry_validate_snapshot_name(snapshot, NULL) ||
+            strchr(snapshot, '/') != NULL) {
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup index.yaml: bad snapshot name \"%s\"",
                         snapshot != NULL ? snapshot : "");
             return NULL;
         }
@@ -164,8 +169,10 @@ FerryBackupIndex *ferry_backup_index_parse(const char *text, gsize length, GErro
         invalid(error, "config.snapshots must be a list");
         return NULL;
     }
-    json_array_foreach(snapshot_configs, i, item) {
-        if (!json_is_object(item) || !json_is_string(json_object_get(item, "name")) || !stringify_instance(item)) {
+    json_array_foreach(snapshot_configs, i, item)
+    {
+        if (!json_is_object(item) || !json_is_string(json_object_get(item, "name")) ||
+            !stringify_instance(item)) {
             invalid(error, "config.snapshots has an entry without a name or with a bad config");
             return NULL;
         }
@@ -178,7 +185,8 @@ json_t *ferry_backup_index_snapshot_config(FerryBackupIndex *index, const char *
 {
     size_t i;
     json_t *item;
-    json_array_foreach(json_object_get(index->config, "snapshots"), i, item) {
+    json_array_foreach(json_object_get(index->config, "snapshots"), i, item)
+    {
         if (g_strcmp0(ferry_json_get_string(item, "name"), snapshot) == 0)
             return item;
     }

@@ -13,22 +13,22 @@ G_BEGIN_DECLS
 #define FERRY_BACKUP_INDEX_MAX (16 * 1024 * 1024)
 
 typedef struct {
-    char *name;            /* instance name in the backup */
-    char *backend;         /* storage driver it came from ("dir", "btrfs", ...) */
-    char *pool;            /* storage pool it came from */
-    char *type;            /* "container" */
-    gboolean optimized;    /* data as storage-driver streams (backup/container.bin) */
+    char *name;         /* instance name in the backup */
+    char *backend;      /* storage driver it came from ("dir", "btrfs", ...) */
+    char *pool;         /* storage pool it came from */
+    char *type;         /* "container" */
+    gboolean optimized; /* data as storage-driver streams (backup/container.bin) */
     gboolean optimized_header;
-    GPtrArray *snapshots;  /* names (char *), oldest first */
-    json_t *config;        /* {container, snapshots, pool, profiles, volume, volume_snapshots}; never NULL */
+    GPtrArray *snapshots; /* names (char *), oldest first */
+    json_t *config;       /* {container, snapshots, pool, profiles, volume, volume_snapshots}; never NULL */
 } FerryBackupIndex;
 
 void ferry_backup_index_free(FerryBackupIndex *index);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(FerryBackupIndex, ferry_backup_index_free)
 
-/* Parse and check an index.yaml. Refused (FERRY_ERROR_INVALID, "Invalid backup index.yaml: ..."): not YAML, not
- * a mapping, a missing or bad name, a type other than "container" (virtual machines and custom volumes are 501),
- * snapshot names that are not valid or repeat, no config.container. */
+/* Parse and check an index.yaml. Refused (FERRY_ERROR_INVALID, "Invalid backup index.yaml: ..."): not YAML,
+ * not a mapping, a missing or bad name, a type other than "container" (virtual machines and custom volumes
+ * are 501), snapshot names that are not valid or repeat, no config.container. */
 FerryBackupIndex *ferry_backup_index_parse(const char *text, gsize length, GError **error);
 
 /* The config.snapshots entry of a snapshot (borrowed), or NULL. */

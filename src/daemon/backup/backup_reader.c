@@ -58,9 +58,9 @@ static char *normalise_path(const char *raw, const char *what, GError **error)
 }
 
 typedef enum {
-    PLACE_SKIP,  /* a directory of the layout itself, or a backup.yaml ferry rebuilds */
+    PLACE_SKIP, /* a directory of the layout itself, or a backup.yaml ferry rebuilds */
     PLACE_INDEX,
-    PLACE_TREE,  /* *tree ("" = instance) and *rest (path beneath the tree, "" = its root) */
+    PLACE_TREE, /* *tree ("" = instance) and *rest (path beneath the tree, "" = its root) */
     PLACE_OPTIMIZED,
     PLACE_UNKNOWN,
 } Place;
@@ -128,15 +128,18 @@ static gboolean begin_tree(ReadState *state, const char *tree, GError **error)
         return FALSE;
     }
     if (g_hash_table_contains(state->done_trees, tree)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: the entries of %s%s%s are not together",
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup: the entries of %s%s%s are not together",
                     *tree != '\0' ? "snapshot \"" : "the instance", tree, *tree != '\0' ? "\"" : "");
         return FALSE;
     }
     guint32 shift = 0;
-    g_autofree char *dest = state->callbacks->tree_begin(*tree != '\0' ? tree : NULL, &shift, state->user_data, error);
+    g_autofree char *dest =
+        state->callbacks->tree_begin(*tree != '\0' ? tree : NULL, &shift, state->user_data, error);
     if (dest == NULL)
         return FALSE;
-    state->extractor = image_extractor_new(dest, state->reader, progress_trampoline, state, state->cancellable, error);
+    state->extractor =
+        image_extractor_new(dest, state->reader, progress_trampoline, state, state->cancellable, error);
     if (state->extractor == NULL)
         return FALSE;
     state->tree = g_strdup(tree);
@@ -146,7 +149,8 @@ static gboolean begin_tree(ReadState *state, const char *tree, GError **error)
 
 static gboolean read_index(ReadState *state, GError **error)
 {
-    g_autoptr(GBytes) bytes = image_reader_data_all(state->reader, "index.yaml", FERRY_BACKUP_INDEX_MAX, error);
+    g_autoptr(GBytes) bytes =
+        image_reader_data_all(state->reader, "index.yaml", FERRY_BACKUP_INDEX_MAX, error);
     if (bytes == NULL)
         return FALSE;
     gsize size = 0;
@@ -155,9 +159,11 @@ static gboolean read_index(ReadState *state, GError **error)
     if (state->index == NULL)
         return FALSE;
     if (state->index->optimized) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                    "Optimized backups (%s storage streams) can't be imported here: export the instance without "
-                    "--optimized-storage", state->index->backend != NULL ? state->index->backend : "driver");
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
+            "Optimized backups (%s storage streams) can't be imported here: export the instance without "
+            "--optimized-storage",
+            state->index->backend != NULL ? state->index->backend : "driver");
         return FALSE;
     }
     return state->callbacks->index(state->index, state->user_data, error);
@@ -219,8 +225,8 @@ static gboolean read_all(ImageReader *reader, const FerryBackupReadCallbacks *ca
         }
     }
     if (callbacks->progress != NULL)
-        callbacks->progress(image_reader_consumed(reader), MAX(image_reader_size(reader), image_reader_consumed(reader)),
-                            user_data);
+        callbacks->progress(image_reader_consumed(reader),
+                            MAX(image_reader_size(reader), image_reader_consumed(reader)), user_data);
     ok = TRUE;
 out:
     g_clear_pointer(&state.extractor, image_extractor_free);
@@ -254,7 +260,8 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
             return FALSE;
         }
         if (type != AE_IFREG || hardlink_raw != NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: index.yaml is not a regular file");
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: index.yaml is not a regular file");
             return FALSE;
         }
         return read_index(state, error);
@@ -263,15 +270,17 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
         if (place == PLACE_SKIP && type == AE_IFDIR)
             return TRUE;
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                    "Invalid backup: backup/index.yaml is missing or not the first entry (found \"%s\")", path);
+                    "Invalid backup: backup/index.yaml is missing or not the first entry (found \"%s\")",
+                    path);
         return FALSE;
     }
     if (place == PLACE_SKIP)
         return image_reader_skip_data(state->reader, error);
     if (place == PLACE_OPTIMIZED) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                    "Invalid backup: \"%s\" is an optimized storage stream but index.yaml says it is not optimized",
-                    path);
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_INVALID,
+            "Invalid backup: \"%s\" is an optimized storage stream but index.yaml says it is not optimized",
+            path);
         return FALSE;
     }
     if (place == PLACE_UNKNOWN) {
@@ -279,13 +288,15 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
         return FALSE;
     }
     if (*tree != '\0' && !ferry_validate_snapshot_name(tree, NULL)) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: bad snapshot directory \"%s\"", path);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: bad snapshot directory \"%s\"",
+                    path);
         return FALSE;
     }
     if (*rest == '\0') {
         /* The tree's own directory: its data comes next. */
         if (type != AE_IFDIR || hardlink_raw != NULL) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" is not a directory", path);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" is not a directory",
+                        path);
             return FALSE;
         }
         return begin_tree(state, tree, error);
@@ -308,7 +319,8 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
         if (classify(target, &target_tree, &target_rest) != PLACE_TREE || g_strcmp0(target_tree, tree) != 0 ||
             *target_rest == '\0' || strcmp(target_rest, "backup.yaml") == 0) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                        "Unsafe hard link \"%s\" in backup: its target \"%s\" is outside its tree", raw, hardlink_raw);
+                        "Unsafe hard link \"%s\" in backup: its target \"%s\" is outside its tree", raw,
+                        hardlink_raw);
             return FALSE;
         }
         info.hardlink = g_strdup(target_rest);
@@ -331,8 +343,8 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
         case AE_IFSOCK:
             break;
         default:
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" has an unsupported file type",
-                        raw);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: \"%s\" has an unsupported file type", raw);
             return FALSE;
         }
     }
@@ -357,7 +369,8 @@ gboolean ferry_backup_archive_read_stream(ImageReadFunc read, gpointer read_data
                                           GCancellable *cancellable, GError **error)
 {
     g_autoptr(GError) open_error = NULL;
-    g_autoptr(ImageReader) reader = image_reader_open_stream(read, read_data, size, "Backup", cancellable, &open_error);
+    g_autoptr(ImageReader) reader =
+        image_reader_open_stream(read, read_data, size, "Backup", cancellable, &open_error);
     if (reader == NULL)
         return open_failed(g_steal_pointer(&open_error), error);
     return read_all(reader, callbacks, user_data, cancellable, error);

@@ -71,7 +71,8 @@ const char *ferry_backup_compression_extension(FerryBackupCompression compressio
 static la_ssize_t on_write(struct archive *archive, void *data, const void *buffer, size_t length)
 {
     FerryBackupWriter *writer = data;
-    if (writer->write_error == NULL && !writer->write(buffer, length, writer->write_data, &writer->write_error)) {
+    if (writer->write_error == NULL &&
+        !writer->write(buffer, length, writer->write_data, &writer->write_error)) {
         archive_set_error(archive, EIO, "%s", writer->write_error->message);
         return -1;
     }
@@ -109,7 +110,8 @@ FerryBackupWriter *ferry_backup_writer_new(FerryBackupCompression compression, F
     case FERRY_BACKUP_COMPRESSION_ZSTD:
         r = archive_write_add_filter_zstd(writer->archive);
         /* Level 3 is zstd's own default; the threads option needs a libzstd built with them. */
-        if (r == ARCHIVE_OK && archive_write_set_filter_option(writer->archive, "zstd", "threads", threads) < ARCHIVE_OK)
+        if (r == ARCHIVE_OK &&
+            archive_write_set_filter_option(writer->archive, "zstd", "threads", threads) < ARCHIVE_OK)
             g_debug("zstd without threads: %s", archive_error_string(writer->archive));
         break;
     case FERRY_BACKUP_COMPRESSION_GZIP:
@@ -117,7 +119,8 @@ FerryBackupWriter *ferry_backup_writer_new(FerryBackupCompression compression, F
         break;
     case FERRY_BACKUP_COMPRESSION_XZ:
         r = archive_write_add_filter_xz(writer->archive);
-        if (r == ARCHIVE_OK && archive_write_set_filter_option(writer->archive, "xz", "threads", threads) < ARCHIVE_OK)
+        if (r == ARCHIVE_OK &&
+            archive_write_set_filter_option(writer->archive, "xz", "threads", threads) < ARCHIVE_OK)
             g_debug("xz without threads: %s", archive_error_string(writer->archive));
         break;
     case FERRY_BACKUP_COMPRESSION_NONE:
@@ -167,8 +170,8 @@ gboolean ferry_backup_writer_close(FerryBackupWriter *writer, GError **error)
     return TRUE;
 }
 
-gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data, gsize size,
-                                      mode_t mode, GError **error)
+gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data,
+                                      gsize size, mode_t mode, GError **error)
 {
     struct archive_entry *entry = writer->entry;
     archive_entry_clear(entry);
@@ -266,7 +269,8 @@ static gboolean add_xattrs(FerryBackupWriter *writer, int fd, int parent_fd, con
     ssize_t size = list_xattrs(fd, path, NULL, 0);
     if (size <= 0) {
         if (size < 0 && !unsupported_errno(errno)) {
-            ferry_set_error_errno(error, errno, "Failed to list the extended attributes of \"%s\"", archive_path);
+            ferry_set_error_errno(error, errno, "Failed to list the extended attributes of \"%s\"",
+                                  archive_path);
             return FALSE;
         }
         return TRUE;
@@ -328,8 +332,8 @@ static gboolean write_zeros(FerryBackupWriter *writer, guint64 count, const char
     return TRUE;
 }
 
-static gboolean write_range(FerryBackupWriter *writer, int fd, guint64 offset, guint64 length, const char *path,
-                            GError **error)
+static gboolean write_range(FerryBackupWriter *writer, int fd, guint64 offset, guint64 length,
+                            const char *path, GError **error)
 {
     while (length > 0) {
         if (g_cancellable_set_error_if_cancelled(writer->cancellable, error))
@@ -342,7 +346,8 @@ static gboolean write_range(FerryBackupWriter *writer, int fd, guint64 offset, g
             return FALSE;
         }
         if (n == 0)
-            return write_zeros(writer, length, path, error); /* shrank while we read: keep the header's size */
+            return write_zeros(writer, length, path,
+                               error); /* shrank while we read: keep the header's size */
         if (!write_bytes(writer, writer->buffer, n, path, error))
             return FALSE;
         report(writer, n);
@@ -404,8 +409,8 @@ static gboolean write_file_data(FerryBackupWriter *writer, int fd, const struct 
 static gboolean add_contents(FerryBackupWriter *writer, int dir_fd, const char *archive_dir, guint depth,
                              GError **error);
 
-static gboolean add_entry(FerryBackupWriter *writer, int parent_fd, const char *name, const char *archive_path,
-                          guint depth, GError **error)
+static gboolean add_entry(FerryBackupWriter *writer, int parent_fd, const char *name,
+                          const char *archive_path, guint depth, GError **error)
 {
     if (g_cancellable_set_error_if_cancelled(writer->cancellable, error))
         return FALSE;
@@ -422,8 +427,9 @@ static gboolean add_entry(FerryBackupWriter *writer, int parent_fd, const char *
     int fd = -1;
     if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) {
         /* Pin the inode: never through a link, and what we read is what we stat. */
-        fd = openat(parent_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
-                                         (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0));
+        fd = openat(parent_fd, name,
+                    O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
+                        (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0));
         if (fd < 0) {
             if (errno == ENOENT || errno == ELOOP || errno == ENOTDIR)
                 return TRUE; /* replaced meanwhile */
@@ -495,7 +501,8 @@ static gboolean add_entry(FerryBackupWriter *writer, int parent_fd, const char *
     /* Another filesystem mounted beneath the tree is not part of the volume. */
     if (S_ISDIR(st.st_mode) && st.st_dev == writer->root_dev) {
         if (depth >= MAX_DEPTH) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Directory tree too deep at \"%s\"", archive_path);
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Directory tree too deep at \"%s\"",
+                        archive_path);
             goto out;
         }
         if (!add_contents(writer, fd, archive_path, depth + 1, error))
@@ -610,7 +617,8 @@ static gboolean tree_size(int dir_fd, GHashTable *seen, guint64 *bytes, dev_t ro
     return TRUE;
 }
 
-gboolean ferry_backup_tree_size(const char *dir, guint64 *bytes_out, GCancellable *cancellable, GError **error)
+gboolean ferry_backup_tree_size(const char *dir, guint64 *bytes_out, GCancellable *cancellable,
+                                GError **error)
 {
     *bytes_out = 0;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

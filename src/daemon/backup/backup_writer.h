@@ -5,7 +5,8 @@
  * mount; owners are written as the container sees them (host ids in [base, base + range) lose base, and so do
  * the ids in POSIX ACLs and the root id of file capabilities), which is how Incus stores them. Modes, xattrs
  * (ACLs as system.posix_acl_* xattrs, as Incus writes them), symbolic links, hard links (once per inode),
- * sparse files (their holes are not stored), device nodes, FIFOs and mtimes are kept; sockets are left out. */
+ * sparse files (their holes are not stored), device nodes, FIFOs and mtimes are kept; sockets are left out.
+ */
 #pragma once
 
 #include <gio/gio.h>
@@ -41,11 +42,12 @@ void ferry_backup_writer_set_progress(FerryBackupWriter *writer, FerryBackupProg
                                       gpointer user_data);
 
 /* A regular file (mode 0644-style permissions, owned by root, mtime now) with the given contents. */
-gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data, gsize size,
-                                      mode_t mode, GError **error);
+gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data,
+                                      gsize size, mode_t mode, GError **error);
 
 /* The directory source_dir as the entry prefix (its mode and mtime) and everything beneath it as prefix/...
- * Host ids in [unshift_base, unshift_base + unshift_range) are written minus unshift_base (range 0: as is). */
+ * Host ids in [unshift_base, unshift_base + unshift_range) are written minus unshift_base (range 0: as is).
+ */
 gboolean ferry_backup_writer_add_tree(FerryBackupWriter *writer, const char *source_dir, const char *prefix,
                                       guint32 unshift_base, guint32 unshift_range, GError **error);
 
@@ -53,6 +55,7 @@ gboolean ferry_backup_writer_add_tree(FerryBackupWriter *writer, const char *sou
 gboolean ferry_backup_writer_close(FerryBackupWriter *writer, GError **error);
 
 /* Bytes of regular file data beneath dir (hard-linked files once), for progress totals. */
-gboolean ferry_backup_tree_size(const char *dir, guint64 *bytes_out, GCancellable *cancellable, GError **error);
+gboolean ferry_backup_tree_size(const char *dir, guint64 *bytes_out, GCancellable *cancellable,
+                                GError **error);
 
 G_END_DECLS
