@@ -866,7 +866,8 @@ def report(results, tar, meta):
              f"Workload: a stopped container whose rootfs holds {meta['data_mib']:.0f} MiB in {meta['data_files']} "
              f"files ({meta['big_files']} × {meta['big_mib']} MiB random files, {meta['small_files']} random files of "
              f"1–16 KiB), plus the busybox image. Both servers of a system on this machine, "
-             f"HTTPS over loopback, `dir` pools on the same disk as the tar pipe. Page cache warm for all.", "",
+             f"HTTPS over loopback, `dir` pools on the same filesystem as the tar pipe "
+             f"({meta.get('fs', '/var/tmp')}). Page cache warm for all.", "",
              "## Wall time (s)", "",
              "| step | " + " | ".join(names[k] for k in kinds) + " | ferry / incus | ferry / tar |",
              "|---|" + "---:|" * len(kinds) + "---:|---:|"]
@@ -1037,6 +1038,8 @@ def main():
     parser.add_argument("--big-mib", type=int, default=200)
     parser.add_argument("--small-files", type=int, default=20000)
     parser.add_argument("--systems", default="ferry,incus")
+    parser.add_argument("--fs-gib", type=int, default=60, help="size of the scratch ext4 everything runs on "
+                        "(0: /var/tmp as it is)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each step; the fastest is reported")
     parser.add_argument("--from-json", metavar="JSON", help="measure nothing: write the report of a saved run")
     parser.add_argument("--step-timeout", type=int, default=600, help="seconds before a measured command is "
@@ -1061,6 +1064,17 @@ def main():
 
     base = tempfile.mkdtemp(prefix="ferry-bench-mig-", dir="/var/tmp")
     os.chmod(base, 0o711)
+    # Everything (both systems and the tar pipe) on a fresh, journaled ext4 in a loop file: this machine's root
+    # ext4 has no journal, and there ext4 will not reuse an inode freed in the last minutes, so creating 20,000
+    # files after deleting as many (each step deletes the previous repetition's copy) spends seconds, growing
+    # from one repetition to the next, in the inode allocator (recently_deleted() in perf), whoever does it.
+    loop_file = None
+    if args.fs_gib > 0:
+        loop_file = base + ".ext4"
+        run(["truncate", "-s", f"{args.fs_gib}G", loop_file])
+        run(["mkfs.ext4", "-q", "-F", loop_file])
+        run(["mount", "-o", "loop", loop_file, base])
+        os.chmod(base, 0o711)
     cgroup_parent = None
     if os.path.isdir(CPUACCT):
         try:
@@ -1131,6 +1145,10 @@ def main():
             except OSError as e:
                 log(f"could not remove {cgroup_parent}: {e}")
         hard_cleanup(base)
+        if loop_file:
+            subprocess.run(["umount", base], capture_output=True)
+            os.unlink(loop_file)
+            os.rmdir(base)
     if interrupted or not results:
         sys.exit(1)
 
@@ -1141,7 +1159,8 @@ def main():
             "git": git_tree, "started": started,
             "data_mib": data_bytes / MIB, "data_files": data_files, "big_files": args.big_files,
             "big_mib": args.big_mib, "small_files": args.small_files, "repeat": args.repeat,
-            "cpu_method": "cpuacct cgroup per daemon" if cgroup_parent else "/proc/<pid>/stat with cutime/cstime"}
+            "cpu_method": "cpuacct cgroup per daemon" if cgroup_parent else "/proc/<pid>/stat with cutime/cstime",
+            "fs": f"ext4 (journaled) in a {args.fs_gib} GiB loop file" if loop_file else "/var/tmp"}
     text = report(results, tar, meta)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
