@@ -240,7 +240,9 @@ void ferry_router_dispatch(FerryDaemon *daemon, SoupServerMessage *msg, gboolean
     request.project = project != NULL && *project != '\0' ? project : "default";
 
     g_autoptr(json_t) body = NULL;
-    if (upload_path == NULL) {
+    /* A GET's body means nothing, and Incus's client sends one (`incus query` sends the JSON string ""). */
+    gboolean reads_body = !g_str_equal(method, "GET") && !g_str_equal(method, "HEAD");
+    if (upload_path == NULL && reads_body) {
         SoupMessageBody *request_body = soup_server_message_get_request_body(msg);
         if (request_body->length > MAX_JSON_BODY) {
             ferry_response_send_error(msg, 413, "Request body too large");

@@ -50,6 +50,13 @@ def test_remote_add_by_token_and_list(incus):
     assert not [o for o in ops.get("running", []) if o["class"] == "token"]
 
 
+def test_query(incus):
+    """`incus query` sends the JSON string "" as the body of a GET: ferry ignores a GET's body, as Incus does."""
+    server_info = json.loads(incus("query", "fy:/1.0").stdout)
+    assert server_info["api_version"] == "1.0"
+    assert json.loads(incus("query", "fy:/1.0/instances").stdout) == []
+
+
 def test_launch_exec_stop_snapshot_delete(incus):
     incus("launch", "fy:busybox", "fy:c1")
     rows = incus("list", "fy:", "-f", "csv", "-c", "ns").stdout.strip().splitlines()
