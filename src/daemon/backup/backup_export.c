@@ -1,5 +1,6 @@
 #include "backup_export.h"
 
+#include "backup_btrfs.h"
 #include "backup_index.h"
 #include "error.h"
 #include "idmap.h"
@@ -112,11 +113,14 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     mark_unshifted(instance);
 
     const char *pool_name = ferry_pool_get_name(pool);
+    /* As Incus: asked of a driver without an optimized form, the portable layout is written instead. */
+    gboolean optimized = options->optimized && g_str_equal(ferry_pool_get_driver(pool), "btrfs");
     g_autoptr(json_t) header =
         ferry_offer_index_header(daemon, project, instance, snapshots, pool_name, TRUE);
     g_autoptr(json_t) config = yaml_config(header);
     g_autofree char *index_text =
-        ferry_backup_index_render(name, ferry_pool_get_driver(pool), pool_name, names, FALSE, config, error);
+        ferry_backup_index_render(name, ferry_pool_get_driver(pool), pool_name, names, optimized, config,
+                                  error);
     if (index_text == NULL)
         return FALSE;
     g_autofree char *backup_yaml = ferry_yaml_emit(config, error);
@@ -127,15 +131,23 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     g_autofree char *volume_path = ferry_pool_volume_path(pool, FERRY_VOLUME_CONTAINER, volume);
     g_autoptr(GPtrArray) snapshot_paths = g_ptr_array_new_with_free_func(g_free);
     ExportProgress progress = {op, 0};
-    for (guint i = 0; i <= names->len; i++) {
-        char *path = i < names->len
-                         ? ferry_pool_snapshot_path(pool, FERRY_VOLUME_CONTAINER, volume, names->pdata[i])
-                         : g_strdup(volume_path);
-        g_ptr_array_add(snapshot_paths, path);
-        guint64 bytes = 0;
-        if (!ferry_backup_tree_size(path, &bytes, cancellable, error))
+    for (guint i = 0; i < names->len; i++)
+        g_ptr_array_add(snapshot_paths,
+                        ferry_pool_snapshot_path(pool, FERRY_VOLUME_CONTAINER, volume, names->pdata[i]));
+    g_autoptr(FerryBackupBtrfsExport) streams = NULL;
+    if (optimized) {
+        streams = ferry_backup_btrfs_export_new(volume_path, snapshot_paths, cancellable, error);
+        if (streams == NULL)
             return FALSE;
-        progress.total += bytes;
+        progress.total = ferry_backup_btrfs_export_size(streams);
+    } else {
+        g_ptr_array_add(snapshot_paths, g_strdup(volume_path));
+        for (guint i = 0; i < snapshot_paths->len; i++) {
+            guint64 bytes = 0;
+            if (!ferry_backup_tree_size(snapshot_paths->pdata[i], &bytes, cancellable, error))
+                return FALSE;
+            progress.total += bytes;
+        }
     }
     on_progress(0, &progress);
 
@@ -147,6 +159,14 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     if (!ferry_backup_writer_add_file(writer, "backup/index.yaml", index_text, strlen(index_text), 0644,
                                       error))
         return FALSE;
+    if (optimized) {
+        /* No backup/container/backup.yaml: importers read index.yaml's config, and a stream holds the volume
+         * as it is on disk. */
+        if (!ferry_backup_btrfs_export_write(streams, writer, error) || !ferry_backup_writer_close(writer, error))
+            return FALSE;
+        on_progress(progress.total, &progress);
+        return TRUE;
+    }
     for (guint i = 0; i < names->len; i++) {
         g_autofree char *prefix = g_strdup_printf("backup/snapshots/%s", (const char *)names->pdata[i]);
         const DiskMap *map = &g_array_index(maps, DiskMap, i);

@@ -12,7 +12,9 @@ G_BEGIN_DECLS
 
 typedef struct {
     gboolean instance_only;
-    gboolean optimized; /* accepted, and ignored as Incus ignores it where a driver has no optimized form */
+    /* btrfs send streams (backup_btrfs.h) on btrfs pools; elsewhere ignored, as Incus ignores it where a
+     * driver has no optimized form */
+    gboolean optimized;
     FerryBackupCompression compression;
 } FerryBackupOptions;
 

@@ -1,5 +1,6 @@
 #include "backup_import.h"
 
+#include "backup_btrfs.h"
 #include "backup_reader.h"
 #include "error.h"
 #include "idmap.h"
@@ -26,7 +27,8 @@ typedef struct {
     gboolean volume_created;
     gboolean instance_done;
     gboolean privileged;
-    json_t *snapshot_docs; /* name -> snapshot row */
+    FerryBackupBtrfsImport *optimized; /* an optimized backup: its streams, received into staging */
+    json_t *snapshot_docs;             /* name -> snapshot row */
     json_t *config_updates;
 } ImportState;
 
@@ -66,6 +68,54 @@ static void retarget_root(FerryDaemon *daemon, const char *project, json_t *reco
         return;
     json_object_set_new(devices, "root",
                         json_pack("{s:s, s:s, s:s}", "path", "/", "pool", pool, "type", "disk"));
+}
+
+/* Storage streams only go back into the driver that wrote them, as with Incus. */
+static gboolean prepare_optimized(ImportState *state, FerryBackupIndex *index, GError **error)
+{
+    const char *driver = ferry_pool_get_driver(state->pool);
+    if (g_strcmp0(index->backend, driver) != 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Optimized backups can only be restored on a pool of the same type (the backup's is %s, "
+                    "pool \"%s\" is %s)",
+                    index->backend != NULL ? index->backend : "unknown", ferry_pool_get_name(state->pool), driver);
+        return FALSE;
+    }
+    if (!g_str_equal(driver, "btrfs")) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
+                    "Optimized backups of %s pools are not supported: export without --optimized-storage", driver);
+        return FALSE;
+    }
+    g_autofree char *work = g_build_filename(ferry_pool_get_mount_path(state->pool), "containers", NULL);
+    state->optimized = ferry_backup_btrfs_import_new(work, index->snapshots, error);
+    return state->optimized != NULL;
+}
+
+static gboolean on_optimized_header(json_t *header, gpointer user_data, GError **error)
+{
+    ImportState *state = user_data;
+    return ferry_backup_btrfs_import_header(state->optimized, header, error);
+}
+
+static gboolean on_optimized_stream(const char *snapshot, FerryBackupStreamRead read, gpointer stream,
+                                    gpointer user_data, GError **error)
+{
+    ImportState *state = user_data;
+    return ferry_backup_btrfs_import_stream(state->optimized, snapshot, read, stream,
+                                            state->op != NULL ? ferry_operation_get_cancellable(state->op) : NULL,
+                                            error);
+}
+
+/* The received subvolumes become the instance's volume and snapshots. */
+static gboolean commit_optimized(ImportState *state, GError **error)
+{
+    if (state->optimized == NULL)
+        return TRUE;
+    g_autofree char *volume_path = ferry_pool_volume_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume);
+    g_autofree char *any_snapshot =
+        ferry_pool_snapshot_path(state->pool, FERRY_VOLUME_CONTAINER, state->volume, "snapshot");
+    g_autofree char *snapshots_dir = g_path_get_dirname(any_snapshot);
+    return ferry_backup_btrfs_import_commit(state->optimized, volume_path, snapshots_dir, error);
 }
 
 static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **error)
@@ -112,6 +162,8 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
     if (state->pool == NULL)
         return FALSE;
     state->volume = ferry_instance_volume_name(state->project, state->name);
+    if (index->optimized && !prepare_optimized(state, index, error))
+        return FALSE;
     g_autoptr(json_t) expanded_config = NULL;
     if (!ferry_config_expand(daemon->db, state->project, json_object_get(doc, "profiles"),
                              json_object_get(doc, "config"), NULL, &expanded_config, NULL, error))
@@ -271,12 +323,14 @@ static gboolean import_backup(FerryDaemon *daemon, FerryOperation *op, const cha
         .name_override = name != NULL && *name != '\0' ? name : NULL,
         .pool_override = pool != NULL && *pool != '\0' ? pool : NULL,
     };
-    static const FerryBackupReadCallbacks callbacks = {on_index, on_tree_begin, on_tree_end, on_progress};
+    static const FerryBackupReadCallbacks callbacks = {
+        on_index, on_tree_begin, on_tree_end, on_progress, on_optimized_header, on_optimized_stream,
+    };
     GCancellable *cancellable = op != NULL ? ferry_operation_get_cancellable(op) : NULL;
     gboolean ok = (path != NULL ? ferry_backup_archive_read(path, &callbacks, &state, cancellable, error)
                                 : ferry_backup_archive_read_stream(read, read_data, size, &callbacks, &state,
                                                                    cancellable, error)) &&
-                  write_records(&state, error);
+                  commit_optimized(&state, error) && write_records(&state, error);
     if (!ok) {
         if (state.staging != NULL)
             ferry_pool_delete_volume(state.pool, FERRY_VOLUME_CONTAINER, state.staging, NULL);
@@ -287,6 +341,7 @@ static gboolean import_backup(FerryDaemon *daemon, FerryOperation *op, const cha
     g_free(state.name);
     g_free(state.volume);
     g_free(state.staging);
+    ferry_backup_btrfs_import_free(state.optimized);
     json_decref(state.snapshot_docs);
     json_decref(state.config_updates);
     return ok;

@@ -4,6 +4,7 @@
 #include "image_extract.h"
 #include "image_reader.h"
 #include "names.h"
+#include "yaml.h"
 
 #include <limits.h>
 #include <string.h>
@@ -18,7 +19,12 @@ typedef struct {
     char *tree;
     ImageExtractor *extractor;
     guint32 shift;
-    GHashTable *done_trees; /* names of finished trees */
+    GHashTable *done_trees; /* names of finished trees (optimized: streams) */
+    guint streams;          /* optimized: storage streams read so far */
+    /* optimized: the current entry's block not yet handed on */
+    const guint8 *block;
+    gsize block_left;
+    gint64 block_end; /* entry offset just past the last block */
 } ReadState;
 
 static void progress_trampoline(guint64 done, guint64 total, gpointer user_data)
@@ -61,7 +67,8 @@ typedef enum {
     PLACE_SKIP, /* a directory of the layout itself, or a backup.yaml ferry rebuilds */
     PLACE_INDEX,
     PLACE_TREE, /* *tree ("" = instance) and *rest (path beneath the tree, "" = its root) */
-    PLACE_OPTIMIZED,
+    PLACE_OPTIMIZED_HEADER,
+    PLACE_OPTIMIZED, /* *tree: "" for the instance, else the snapshot */
     PLACE_UNKNOWN,
 } Place;
 
@@ -74,8 +81,12 @@ static Place classify(const char *path, char **tree, const char **rest)
         return PLACE_SKIP;
     if (strcmp(path, "backup/index.yaml") == 0)
         return PLACE_INDEX;
-    if (strcmp(path, "backup/container.bin") == 0)
+    if (strcmp(path, "backup/optimized_header.yaml") == 0)
+        return PLACE_OPTIMIZED_HEADER;
+    if (strcmp(path, "backup/container.bin") == 0) {
+        *tree = g_strdup("");
         return PLACE_OPTIMIZED;
+    }
     if (g_str_has_prefix(path, "backup/container") &&
         (path[strlen("backup/container")] == '\0' || path[strlen("backup/container")] == '/')) {
         const char *r = path + strlen("backup/container");
@@ -86,8 +97,10 @@ static Place classify(const char *path, char **tree, const char **rest)
     if (g_str_has_prefix(path, "backup/snapshots/")) {
         const char *name = path + strlen("backup/snapshots/");
         const char *slash = strchr(name, '/');
-        if (slash == NULL && g_str_has_suffix(name, ".bin"))
+        if (slash == NULL && strlen(name) > strlen(".bin") && g_str_has_suffix(name, ".bin")) {
+            *tree = g_strndup(name, strlen(name) - strlen(".bin"));
             return PLACE_OPTIMIZED;
+        }
         *tree = slash != NULL ? g_strndup(name, slash - name) : g_strdup(name);
         *rest = slash != NULL ? slash + 1 : "";
         return PLACE_TREE;
@@ -158,7 +171,7 @@ static gboolean read_index(ReadState *state, GError **error)
     state->index = ferry_backup_index_parse(text != NULL ? text : "", size, error);
     if (state->index == NULL)
         return FALSE;
-    if (state->index->optimized) {
+    if (state->index->optimized && state->callbacks->optimized_stream == NULL) {
         g_set_error(
             error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
             "Optimized backups (%s storage streams) can't be imported here: export the instance without "
@@ -167,6 +180,113 @@ static gboolean read_index(ReadState *state, GError **error)
         return FALSE;
     }
     return state->callbacks->index(state->index, state->user_data, error);
+}
+
+/* ---- optimized backups: storage streams instead of trees ---- */
+
+static gssize stream_read(gpointer data, void *buffer, gsize size, GError **error)
+{
+    ReadState *state = data;
+    while (state->block_left == 0) {
+        const void *block = NULL;
+        gsize length = 0;
+        gint64 offset = 0;
+        if (!image_reader_data_block(state->reader, &block, &length, &offset, error))
+            return -1;
+        if (length == 0)
+            return 0;
+        /* A sparse entry would need zeros the stream never had: no writer makes one of a .bin. */
+        if (offset != state->block_end) {
+            g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                                "Invalid backup: a storage stream is stored as a sparse file");
+            return -1;
+        }
+        state->block = block;
+        state->block_left = length;
+        state->block_end = offset + (gint64)length;
+        progress_trampoline(image_reader_consumed(state->reader), image_reader_size(state->reader), state);
+    }
+    gsize n = MIN(size, state->block_left);
+    memcpy(buffer, state->block, n);
+    state->block += n;
+    state->block_left -= n;
+    return (gssize)n;
+}
+
+static gboolean handle_stream(ReadState *state, const char *path, const char *tree, GError **error)
+{
+    guint count = state->index->snapshots->len;
+    if (state->streams > count) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" comes after the instance",
+                    path);
+        return FALSE;
+    }
+    const char *expected = state->streams < count ? state->index->snapshots->pdata[state->streams] : "";
+    if (!g_str_equal(tree, expected)) {
+        if (*tree != '\0' && !snapshot_listed(state->index, tree))
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: \"%s\" is not a snapshot listed in index.yaml", path);
+        else
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: \"%s\" is out of order (each snapshot's stream oldest first, then the "
+                        "instance's: backup/%s%s.bin expected)",
+                        path, *expected != '\0' ? "snapshots/" : "container", expected);
+        return FALSE;
+    }
+    state->streams++;
+    state->block = NULL;
+    state->block_left = 0;
+    state->block_end = 0;
+    if (!state->callbacks->optimized_stream(*tree != '\0' ? tree : NULL, stream_read, state, state->user_data,
+                                            error))
+        return FALSE;
+    guint8 rest[1];
+    gssize more = stream_read(state, rest, sizeof(rest), error);
+    if (more != 0) {
+        if (more > 0)
+            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                        "Invalid backup: \"%s\" has data after the end of its stream", path);
+        return FALSE;
+    }
+    g_hash_table_add(state->done_trees, g_strdup(tree));
+    return TRUE;
+}
+
+static gboolean handle_optimized_entry(ReadState *state, Place place, const char *path, const char *tree,
+                                       mode_t type, const char *hardlink, GError **error)
+{
+    if (place != PLACE_OPTIMIZED && place != PLACE_OPTIMIZED_HEADER) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup: unexpected entry \"%s\" in an optimized backup", path);
+        return FALSE;
+    }
+    if (type != AE_IFREG || hardlink != NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" is not a regular file",
+                    path);
+        return FALSE;
+    }
+    if (place == PLACE_OPTIMIZED)
+        return handle_stream(state, path, tree, error);
+    if (state->streams > 0) {
+        g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                            "Invalid backup: backup/optimized_header.yaml comes after a storage stream");
+        return FALSE;
+    }
+    g_autoptr(GBytes) bytes =
+        image_reader_data_all(state->reader, "optimized_header.yaml", FERRY_BACKUP_INDEX_MAX, error);
+    if (bytes == NULL)
+        return FALSE;
+    gsize size = 0;
+    const char *text = g_bytes_get_data(bytes, &size);
+    g_autoptr(GError) parse_error = NULL;
+    g_autoptr(json_t) header = ferry_yaml_parse(text != NULL ? text : "", size, &parse_error);
+    if (header == NULL) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup: backup/optimized_header.yaml: %s", parse_error->message);
+        return FALSE;
+    }
+    return state->callbacks->optimized_header == NULL ||
+           state->callbacks->optimized_header(header, state->user_data, error);
 }
 
 /* Check one entry, work out its place and write it. */
@@ -213,7 +333,8 @@ static gboolean read_all(ImageReader *reader, const FerryBackupReadCallbacks *ca
     if (!end_tree(&state, error))
         goto out;
     if (!g_hash_table_contains(state.done_trees, "")) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/container");
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: no backup/container%s",
+                    state.index->optimized ? ".bin" : "");
         goto out;
     }
     for (guint i = 0; i < state.index->snapshots->len; i++) {
@@ -276,7 +397,9 @@ static gboolean handle_entry(ReadState *state, struct archive_entry *entry, GErr
     }
     if (place == PLACE_SKIP)
         return image_reader_skip_data(state->reader, error);
-    if (place == PLACE_OPTIMIZED) {
+    if (state->index->optimized)
+        return handle_optimized_entry(state, place, path, tree, type, hardlink_raw, error);
+    if (place == PLACE_OPTIMIZED || place == PLACE_OPTIMIZED_HEADER) {
         g_set_error(
             error, FERRY_ERROR, FERRY_ERROR_INVALID,
             "Invalid backup: \"%s\" is an optimized storage stream but index.yaml says it is not optimized",

@@ -20,6 +20,9 @@
 
 G_BEGIN_DECLS
 
+/* Reads up to size bytes of an entry's data: the count, 0 at its end, -1 with error set. */
+typedef gssize (*FerryBackupStreamRead)(gpointer stream, void *buffer, gsize size, GError **error);
+
 typedef struct {
     /* index.yaml is read: check it, claim names; FALSE stops the import with error. */
     gboolean (*index)(FerryBackupIndex *index, gpointer user_data, GError **error);
@@ -30,6 +33,14 @@ typedef struct {
     gboolean (*tree_end)(const char *snapshot, gpointer user_data, GError **error);
     /* Bytes of the (compressed) file consumed so far, and its size. */
     void (*progress)(guint64 done, guint64 total, gpointer user_data);
+    /* Optimized backups (index.yaml's optimized: true; NULL: they are refused, 501). Their layout has no
+     * trees: backup/optimized_header.yaml (header: its YAML as JSON), which must come before any stream,
+     * then one storage stream per snapshot (backup/snapshots/<name>.bin, in index.yaml's order, oldest
+     * first) and last the instance's (backup/container.bin, snapshot NULL). stream reads the entry's data;
+     * what the callback leaves unread is an error. */
+    gboolean (*optimized_header)(json_t *header, gpointer user_data, GError **error);
+    gboolean (*optimized_stream)(const char *snapshot, FerryBackupStreamRead read, gpointer stream,
+                                 gpointer user_data, GError **error);
 } FerryBackupReadCallbacks;
 
 gboolean ferry_backup_archive_read(const char *path, const FerryBackupReadCallbacks *callbacks,

@@ -29,6 +29,7 @@ struct FerryBackupWriter {
     FerryBackupProgressFunc progress;
     gpointer progress_data;
     guint64 done;
+    guint64 file_left; /* data still owed to the entry begun by ferry_backup_writer_begin_file() */
     GHashTable *links; /* "dev:ino" -> archive path of the first name of a hard-linked inode */
     guint8 *buffer;
     guint8 *zeros;
@@ -67,6 +68,8 @@ const char *ferry_backup_compression_extension(FerryBackupCompression compressio
     static const char *const extensions[] = {".tar", ".tar.zst", ".tar.gz", ".tar.xz"};
     return extensions[compression];
 }
+
+static void report(FerryBackupWriter *writer, gsize bytes);
 
 static la_ssize_t on_write(struct archive *archive, void *data, const void *buffer, size_t length)
 {
@@ -170,8 +173,8 @@ gboolean ferry_backup_writer_close(FerryBackupWriter *writer, GError **error)
     return TRUE;
 }
 
-gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data,
-                                      gsize size, mode_t mode, GError **error)
+gboolean ferry_backup_writer_begin_file(FerryBackupWriter *writer, const char *path, guint64 size, mode_t mode,
+                                        GError **error)
 {
     struct archive_entry *entry = writer->entry;
     archive_entry_clear(entry);
@@ -182,11 +185,50 @@ gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *pat
     archive_entry_set_mtime(entry, g_get_real_time() / G_USEC_PER_SEC, 0);
     if (archive_write_header(writer->archive, entry) != ARCHIVE_OK)
         return set_archive_error(writer, path, error);
+    writer->file_left = size;
+    return TRUE;
+}
+
+gboolean ferry_backup_writer_write_data(FerryBackupWriter *writer, const void *data, gsize size,
+                                        GError **error)
+{
+    /* libarchive would silently drop what goes past the size in the header: that must never happen. */
+    if (size > writer->file_left) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "Failed to write the backup: %s has more data than its size said",
+                    archive_entry_pathname(writer->entry));
+        return FALSE;
+    }
+    if (size > 0 && archive_write_data(writer->archive, data, size) != (la_ssize_t)size)
+        return set_archive_error(writer, archive_entry_pathname(writer->entry), error);
+    writer->file_left -= size;
+    report(writer, size);
+    return TRUE;
+}
+
+gboolean ferry_backup_writer_end_file(FerryBackupWriter *writer, GError **error)
+{
+    /* libarchive would pad a short entry with zeros: a corrupt member, so refuse instead. */
+    if (writer->file_left != 0) {
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+                    "Failed to write the backup: %s has %" G_GUINT64_FORMAT " bytes less data than its size said",
+                    archive_entry_pathname(writer->entry), writer->file_left);
+        return FALSE;
+    }
+    if (archive_write_finish_entry(writer->archive) != ARCHIVE_OK)
+        return set_archive_error(writer, archive_entry_pathname(writer->entry), error);
+    return TRUE;
+}
+
+gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data,
+                                      gsize size, mode_t mode, GError **error)
+{
+    if (!ferry_backup_writer_begin_file(writer, path, size, mode, error))
+        return FALSE;
     if (size > 0 && archive_write_data(writer->archive, data, size) != (la_ssize_t)size)
         return set_archive_error(writer, path, error);
-    if (archive_write_finish_entry(writer->archive) != ARCHIVE_OK)
-        return set_archive_error(writer, path, error);
-    return TRUE;
+    writer->file_left = 0;
+    return ferry_backup_writer_end_file(writer, error);
 }
 
 /* ---- ids ---- */

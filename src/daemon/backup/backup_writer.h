@@ -45,6 +45,15 @@ void ferry_backup_writer_set_progress(FerryBackupWriter *writer, FerryBackupProg
 gboolean ferry_backup_writer_add_file(FerryBackupWriter *writer, const char *path, const void *data,
                                       gsize size, mode_t mode, GError **error);
 
+/* A regular file of size bytes (permissions from mode, owned by root, mtime now) whose data comes in pieces
+ * through write_data, as it is produced (counted as file data for progress). end_file refuses an entry that
+ * got less or more than size: libarchive would pad or cut it silently. */
+gboolean ferry_backup_writer_begin_file(FerryBackupWriter *writer, const char *path, guint64 size, mode_t mode,
+                                        GError **error);
+gboolean ferry_backup_writer_write_data(FerryBackupWriter *writer, const void *data, gsize size,
+                                        GError **error);
+gboolean ferry_backup_writer_end_file(FerryBackupWriter *writer, GError **error);
+
 /* The directory source_dir as the entry prefix (its mode and mtime) and everything beneath it as prefix/...
  * Host ids in [unshift_base, unshift_base + unshift_range) are written minus unshift_base (range 0: as is).
  */
