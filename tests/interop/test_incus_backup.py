@@ -3,6 +3,7 @@ backup imports into Incus, snapshots and config intact and every file the same (
 sees them: Incus keeps them unshifted on disk, ferry shifted by its id map). Both CLIs against both servers."""
 import os
 import sys
+import tarfile
 
 import pytest
 
@@ -116,3 +117,34 @@ def test_ferry_client_against_incus(sites, tmp_path):
     ferry("import", "inc:", archive, "i3", "-q")
     check_instance(ferry, "inc", "i3")
     assert tree_digest(inc.rootfs("i2")) == tree_digest(inc.rootfs("i3"))
+
+
+def optimized_pools(fy, incus):
+    """A btrfs pool "bt" on each server (loop files)."""
+    fy.call("POST", "/1.0/storage-pools", {"name": "bt", "driver": "btrfs", "config": {"size": "512MiB"}})
+    incus("storage", "create", "inc:bt", "btrfs", "size=512MiB")
+
+
+@pytest.mark.parametrize("direction", ["ferry-to-incus", "incus-to-ferry"])
+def test_optimized_btrfs_backup(sites, tmp_path, direction):
+    """--optimized-storage between btrfs pools: btrfs send streams (backup/container.bin,
+    backup/snapshots/<name>.bin) written by one server and received by the other."""
+    fy, inc, incus, ferry = sites
+    optimized_pools(fy, incus)
+    src, dst, src_cli, dst_cli = ("fy", "inc", ferry, incus) if direction == "ferry-to-incus" else \
+        ("inc", "fy", incus, ferry)
+    src_cli("launch", f"{src}:busybox", f"{src}:o1", "-s", "bt", "-q")
+    src_cli("exec", f"{src}:o1", "--", "sh", "-c",
+            "echo v1 > /root/f; chown 1000:1001 /root/f; ln -s /etc/passwd /root/link")
+    src_cli("snapshot", "create", f"{src}:o1", "s0")
+    src_cli("exec", f"{src}:o1", "--", "sh", "-c", "echo v2 > /root/f")
+    src_cli("snapshot", "create", f"{src}:o1", "s1")
+    src_cli("exec", f"{src}:o1", "--", "sh", "-c", "echo v3 > /root/f; chmod 4750 /root/f")
+    src_cli("stop", "-f", f"{src}:o1")
+    archive = str(tmp_path / "o1.tar.gz")
+    src_cli("export", f"{src}:o1", archive, "--optimized-storage", "--compression", "gzip")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "backup/container.bin" in names and "backup/snapshots/s0.bin" in names, names
+    dst_cli("import", f"{dst}:", archive, "o1", "--storage", "bt")
+    check_instance(dst_cli, dst, "o1")

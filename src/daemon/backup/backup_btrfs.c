@@ -4,7 +4,12 @@
 #include "migration/btrfs_transport.h"
 #include "yaml.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/btrfs.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 /* ---- export ---- */
@@ -117,8 +122,51 @@ static void add_stream(FerryBackupBtrfsExport *export, char *entry, char *what, 
     g_ptr_array_add(export->streams, s);
 }
 
+static gboolean set_readonly(int fd, gboolean readonly, const char *path, GError **error)
+{
+    guint64 flags = 0;
+    if (ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, &flags) < 0) {
+        ferry_set_error_errno(error, errno, "Failed to read the flags of %s", path);
+        return FALSE;
+    }
+    flags = readonly ? flags | BTRFS_SUBVOL_RDONLY : flags & ~(guint64)BTRFS_SUBVOL_RDONLY;
+    if (ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &flags) < 0) {
+        ferry_set_error_errno(error, errno, "Failed to make %s %s", path, readonly ? "read-only" : "writable");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Incus keeps backup.yaml in every instance volume and its import of an optimized backup rewrites the one it
+ * receives (a missing one fails it), so the instance's stream carries one: written into the export's own
+ * snapshot, never into the instance. */
+static gboolean add_backup_yaml(const char *snapshot, const char *backup_yaml, GError **error)
+{
+    int fd = open(snapshot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        ferry_set_error_errno(error, errno, "Failed to open %s", snapshot);
+        return FALSE;
+    }
+    g_autofree char *path = g_build_filename(snapshot, "backup.yaml", NULL);
+    gboolean ok = set_readonly(fd, FALSE, snapshot, error);
+    if (ok) {
+        int file = openat(fd, "backup.yaml", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0400);
+        gsize size = strlen(backup_yaml);
+        if (file < 0 || write(file, backup_yaml, size) != (gssize)size) {
+            ferry_set_error_errno(error, errno, "Failed to write %s", path);
+            ok = FALSE;
+        }
+        if (file >= 0)
+            close(file);
+        ok = set_readonly(fd, TRUE, snapshot, ok ? error : NULL) && ok;
+    }
+    close(fd);
+    return ok;
+}
+
 FerryBackupBtrfsExport *ferry_backup_btrfs_export_new(const char *volume_path, GPtrArray *snapshot_paths,
-                                                      GCancellable *cancellable, GError **error)
+                                                      const char *backup_yaml, GCancellable *cancellable,
+                                                      GError **error)
 {
     g_autoptr(GPtrArray) paths = g_ptr_array_new();
     for (guint i = 0; i < snapshot_paths->len; i++)
@@ -147,7 +195,7 @@ FerryBackupBtrfsExport *ferry_backup_btrfs_export_new(const char *volume_path, G
     if (export->header_yaml == NULL)
         return NULL;
     export->snapshot = ferry_btrfs_temporary_snapshot(volume_path, error);
-    if (export->snapshot == NULL)
+    if (export->snapshot == NULL || !add_backup_yaml(export->snapshot, backup_yaml, error))
         return NULL;
 
     const char *parent = NULL;
@@ -343,5 +391,13 @@ gboolean ferry_backup_btrfs_import_stream(FerryBackupBtrfsImport *import, const 
 gboolean ferry_backup_btrfs_import_commit(FerryBackupBtrfsImport *import, const char *volume_path,
                                           const char *snapshots_dir, GError **error)
 {
-    return ferry_btrfs_receiver_commit(import->receiver, volume_path, snapshots_dir, error);
+    if (!ferry_btrfs_receiver_commit(import->receiver, volume_path, snapshots_dir, error))
+        return FALSE;
+    /* ferry keeps the records in its database, not a backup.yaml in the volume (an export adds its own). */
+    g_autofree char *backup_yaml = g_build_filename(volume_path, "backup.yaml", NULL);
+    if (unlink(backup_yaml) < 0 && errno != ENOENT) {
+        ferry_set_error_errno(error, errno, "Failed to remove %s", backup_yaml);
+        return FALSE;
+    }
+    return TRUE;
 }

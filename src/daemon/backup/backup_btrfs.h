@@ -23,11 +23,12 @@ G_BEGIN_DECLS
 
 typedef struct _FerryBackupBtrfsExport FerryBackupBtrfsExport;
 
-/* Take a read-only snapshot of volume_path (so a running instance exports consistently) and count each
- * stream. snapshot_paths: the snapshots to export, oldest first (their basenames are their names). 501 for
- * nested subvolumes. */
+/* Take a read-only snapshot of volume_path (so a running instance exports consistently) with backup_yaml
+ * added as its backup.yaml (Incus's import needs one there), and count each stream. snapshot_paths: the
+ * snapshots to export, oldest first (their basenames are their names). 501 for nested subvolumes. */
 FerryBackupBtrfsExport *ferry_backup_btrfs_export_new(const char *volume_path, GPtrArray *snapshot_paths,
-                                                      GCancellable *cancellable, GError **error);
+                                                      const char *backup_yaml, GCancellable *cancellable,
+                                                      GError **error);
 /* Bytes of all the streams together (for progress). */
 guint64 ferry_backup_btrfs_export_size(FerryBackupBtrfsExport *export);
 /* Write backup/optimized_header.yaml and the .bin entries. */
@@ -50,7 +51,8 @@ gboolean ferry_backup_btrfs_import_header(FerryBackupBtrfsImport *import, json_t
 gboolean ferry_backup_btrfs_import_stream(FerryBackupBtrfsImport *import, const char *snapshot,
                                           FerryBackupStreamRead read, gpointer stream,
                                           GCancellable *cancellable, GError **error);
-/* Everything received becomes volume_path and snapshots_dir/<name>; on failure nothing is left placed. */
+/* Everything received becomes volume_path and snapshots_dir/<name> (the instance's backup.yaml removed); on
+ * failure nothing is left placed. */
 gboolean ferry_backup_btrfs_import_commit(FerryBackupBtrfsImport *import, const char *volume_path,
                                           const char *snapshots_dir, GError **error);
 /* Deletes whatever was received and not committed, and the staging directory. */

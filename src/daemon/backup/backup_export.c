@@ -86,6 +86,8 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     FerryPool *pool = ferry_instance_get_pool(daemon, project, doc, error);
     if (pool == NULL)
         return FALSE;
+    /* As Incus: asked of a driver without an optimized form, the portable layout is written instead. */
+    gboolean optimized = options->optimized && g_str_equal(ferry_pool_get_driver(pool), "btrfs");
     g_autoptr(json_t) instance = ferry_instance_render(daemon, project, name, 1, error);
     if (instance == NULL)
         return FALSE;
@@ -105,16 +107,17 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
         else
             record_idmap(json_object_get(doc, "config"), &map.base, &map.range);
         g_array_append_val(maps, map);
-        mark_unshifted(snapshot);
+        /* A stream holds the owners as they are on disk, and the records keep saying which they are. */
+        if (!optimized)
+            mark_unshifted(snapshot);
         json_array_append_new(snapshots, snapshot);
     }
     guint32 base, range;
     record_idmap(json_object_get(doc, "config"), &base, &range);
-    mark_unshifted(instance);
+    if (!optimized)
+        mark_unshifted(instance);
 
     const char *pool_name = ferry_pool_get_name(pool);
-    /* As Incus: asked of a driver without an optimized form, the portable layout is written instead. */
-    gboolean optimized = options->optimized && g_str_equal(ferry_pool_get_driver(pool), "btrfs");
     g_autoptr(json_t) header =
         ferry_offer_index_header(daemon, project, instance, snapshots, pool_name, TRUE);
     g_autoptr(json_t) config = yaml_config(header);
@@ -136,7 +139,7 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
                         ferry_pool_snapshot_path(pool, FERRY_VOLUME_CONTAINER, volume, names->pdata[i]));
     g_autoptr(FerryBackupBtrfsExport) streams = NULL;
     if (optimized) {
-        streams = ferry_backup_btrfs_export_new(volume_path, snapshot_paths, cancellable, error);
+        streams = ferry_backup_btrfs_export_new(volume_path, snapshot_paths, backup_yaml, cancellable, error);
         if (streams == NULL)
             return FALSE;
         progress.total = ferry_backup_btrfs_export_size(streams);
@@ -160,8 +163,6 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
                                       error))
         return FALSE;
     if (optimized) {
-        /* No backup/container/backup.yaml: importers read index.yaml's config, and a stream holds the volume
-         * as it is on disk. */
         if (!ferry_backup_btrfs_export_write(streams, writer, error) || !ferry_backup_writer_close(writer, error))
             return FALSE;
         on_progress(progress.total, &progress);

@@ -171,6 +171,14 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
     state->privileged = ferry_config_bool(expanded_config, "security.privileged");
     FerryIdmap map = {FERRY_IDMAP_DEFAULT_BASE, FERRY_IDMAP_DEFAULT_RANGE};
     g_autofree char *idmap_json = ferry_idmap_to_json(state->privileged ? NULL : &map);
+    if (index->optimized) {
+        /* The streams keep the owners the data had on the source's disk ("[]": unshifted); a first start
+         * remaps them when that is not what the instance needs, as after a migration. */
+        const char *source_map = ferry_json_get_string(json_object_get(container, "config"),
+                                                       "volatile.last_state.idmap");
+        g_free(idmap_json);
+        idmap_json = g_strdup(source_map != NULL ? source_map : "[]");
+    }
     state->config_updates = json_pack("{s:s, s:s}", "volatile.last_state.idmap", idmap_json,
                                       "volatile.idmap.base", state->privileged ? "0" : "1000000");
 
