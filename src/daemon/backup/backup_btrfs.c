@@ -75,10 +75,11 @@ static gboolean run_write(gpointer channel, const void *data, gsize length, GErr
 {
     Run *run = channel;
     if (run->writer != NULL && run->length + length > run->stream->size) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
-                    "The btrfs send stream of %s is longer than when it was measured (more than %" G_GUINT64_FORMAT
-                    " bytes): it must not change between its two runs",
-                    run->stream->what, run->stream->size);
+        g_set_error(
+            error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
+            "The btrfs send stream of %s is longer than when it was measured (more than %" G_GUINT64_FORMAT
+            " bytes): it must not change between its two runs",
+            run->stream->what, run->stream->size);
         return FALSE;
     }
     XXH3_64bits_update(run->hash, data, length);
@@ -131,7 +132,8 @@ static gboolean set_readonly(int fd, gboolean readonly, const char *path, GError
     }
     flags = readonly ? flags | BTRFS_SUBVOL_RDONLY : flags & ~(guint64)BTRFS_SUBVOL_RDONLY;
     if (ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &flags) < 0) {
-        ferry_set_error_errno(error, errno, "Failed to make %s %s", path, readonly ? "read-only" : "writable");
+        ferry_set_error_errno(error, errno, "Failed to make %s %s", path,
+                              readonly ? "read-only" : "writable");
         return FALSE;
     }
     return TRUE;
@@ -179,10 +181,11 @@ FerryBackupBtrfsExport *ferry_backup_btrfs_export_new(const char *volume_path, G
     for (guint i = 0; i < subvolumes->len; i++) {
         const FerryBtrfsSubvolume *sub = subvolumes->pdata[i];
         if (!g_str_equal(sub->path, "/")) {
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                        "Optimized backups of volumes with nested subvolumes are not supported (\"%s\" in %s): "
-                        "export without --optimized-storage",
-                        sub->path, *sub->snapshot != '\0' ? sub->snapshot : "the instance");
+            g_set_error(
+                error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
+                "Optimized backups of volumes with nested subvolumes are not supported (\"%s\" in %s): "
+                "export without --optimized-storage",
+                sub->path, *sub->snapshot != '\0' ? sub->snapshot : "the instance");
             return NULL;
         }
     }
@@ -321,7 +324,8 @@ gboolean ferry_backup_btrfs_import_header(FerryBackupBtrfsImport *import, json_t
         const FerryBtrfsSubvolume *sub = subvolumes->pdata[i];
         if (!g_str_equal(sub->path, "/")) {
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                        "Optimized backups with nested subvolumes (\"%s\") can't be imported here", sub->path);
+                        "Optimized backups with nested subvolumes (\"%s\") can't be imported here",
+                        sub->path);
             return FALSE;
         }
     }

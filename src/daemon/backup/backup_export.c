@@ -121,9 +121,8 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
     g_autoptr(json_t) header =
         ferry_offer_index_header(daemon, project, instance, snapshots, pool_name, TRUE);
     g_autoptr(json_t) config = yaml_config(header);
-    g_autofree char *index_text =
-        ferry_backup_index_render(name, ferry_pool_get_driver(pool), pool_name, names, optimized, config,
-                                  error);
+    g_autofree char *index_text = ferry_backup_index_render(name, ferry_pool_get_driver(pool), pool_name,
+                                                            names, optimized, config, error);
     if (index_text == NULL)
         return FALSE;
     g_autofree char *backup_yaml = ferry_yaml_emit(config, error);
@@ -163,7 +162,8 @@ gboolean ferry_backup_export(FerryDaemon *daemon, FerryOperation *op, const char
                                       error))
         return FALSE;
     if (optimized) {
-        if (!ferry_backup_btrfs_export_write(streams, writer, error) || !ferry_backup_writer_close(writer, error))
+        if (!ferry_backup_btrfs_export_write(streams, writer, error) ||
+            !ferry_backup_writer_close(writer, error))
             return FALSE;
         on_progress(progress.total, &progress);
         return TRUE;

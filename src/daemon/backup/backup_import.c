@@ -78,12 +78,14 @@ static gboolean prepare_optimized(ImportState *state, FerryBackupIndex *index, G
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                     "Optimized backups can only be restored on a pool of the same type (the backup's is %s, "
                     "pool \"%s\" is %s)",
-                    index->backend != NULL ? index->backend : "unknown", ferry_pool_get_name(state->pool), driver);
+                    index->backend != NULL ? index->backend : "unknown", ferry_pool_get_name(state->pool),
+                    driver);
         return FALSE;
     }
     if (!g_str_equal(driver, "btrfs")) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_NOT_IMPLEMENTED,
-                    "Optimized backups of %s pools are not supported: export without --optimized-storage", driver);
+                    "Optimized backups of %s pools are not supported: export without --optimized-storage",
+                    driver);
         return FALSE;
     }
     g_autofree char *work = g_build_filename(ferry_pool_get_mount_path(state->pool), "containers", NULL);
@@ -101,9 +103,9 @@ static gboolean on_optimized_stream(const char *snapshot, FerryBackupStreamRead 
                                     gpointer user_data, GError **error)
 {
     ImportState *state = user_data;
-    return ferry_backup_btrfs_import_stream(state->optimized, snapshot, read, stream,
-                                            state->op != NULL ? ferry_operation_get_cancellable(state->op) : NULL,
-                                            error);
+    return ferry_backup_btrfs_import_stream(
+        state->optimized, snapshot, read, stream,
+        state->op != NULL ? ferry_operation_get_cancellable(state->op) : NULL, error);
 }
 
 /* The received subvolumes become the instance's volume and snapshots. */
@@ -174,8 +176,8 @@ static gboolean on_index(FerryBackupIndex *index, gpointer user_data, GError **e
     if (index->optimized) {
         /* The streams keep the owners the data had on the source's disk ("[]": unshifted); a first start
          * remaps them when that is not what the instance needs, as after a migration. */
-        const char *source_map = ferry_json_get_string(json_object_get(container, "config"),
-                                                       "volatile.last_state.idmap");
+        const char *source_map =
+            ferry_json_get_string(json_object_get(container, "config"), "volatile.last_state.idmap");
         g_free(idmap_json);
         idmap_json = g_strdup(source_map != NULL ? source_map : "[]");
     }

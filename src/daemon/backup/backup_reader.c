@@ -217,8 +217,8 @@ static gboolean handle_stream(ReadState *state, const char *path, const char *tr
 {
     guint count = state->index->snapshots->len;
     if (state->streams > count) {
-        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID, "Invalid backup: \"%s\" comes after the instance",
-                    path);
+        g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                    "Invalid backup: \"%s\" comes after the instance", path);
         return FALSE;
     }
     const char *expected = state->streams < count ? state->index->snapshots->pdata[state->streams] : "";
@@ -227,10 +227,11 @@ static gboolean handle_stream(ReadState *state, const char *path, const char *tr
             g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
                         "Invalid backup: \"%s\" is not a snapshot listed in index.yaml", path);
         else
-            g_set_error(error, FERRY_ERROR, FERRY_ERROR_INVALID,
-                        "Invalid backup: \"%s\" is out of order (each snapshot's stream oldest first, then the "
-                        "instance's: backup/%s%s.bin expected)",
-                        path, *expected != '\0' ? "snapshots/" : "container", expected);
+            g_set_error(
+                error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                "Invalid backup: \"%s\" is out of order (each snapshot's stream oldest first, then the "
+                "instance's: backup/%s%s.bin expected)",
+                path, *expected != '\0' ? "snapshots/" : "container", expected);
         return FALSE;
     }
     state->streams++;

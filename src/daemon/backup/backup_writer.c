@@ -173,8 +173,8 @@ gboolean ferry_backup_writer_close(FerryBackupWriter *writer, GError **error)
     return TRUE;
 }
 
-gboolean ferry_backup_writer_begin_file(FerryBackupWriter *writer, const char *path, guint64 size, mode_t mode,
-                                        GError **error)
+gboolean ferry_backup_writer_begin_file(FerryBackupWriter *writer, const char *path, guint64 size,
+                                        mode_t mode, GError **error)
 {
     struct archive_entry *entry = writer->entry;
     archive_entry_clear(entry);
@@ -211,7 +211,8 @@ gboolean ferry_backup_writer_end_file(FerryBackupWriter *writer, GError **error)
     /* libarchive would pad a short entry with zeros: a corrupt member, so refuse instead. */
     if (writer->file_left != 0) {
         g_set_error(error, FERRY_ERROR, FERRY_ERROR_INTERNAL,
-                    "Failed to write the backup: %s has %" G_GUINT64_FORMAT " bytes less data than its size said",
+                    "Failed to write the backup: %s has %" G_GUINT64_FORMAT
+                    " bytes less data than its size said",
                     archive_entry_pathname(writer->entry), writer->file_left);
         return FALSE;
     }
