@@ -7,6 +7,7 @@
  * when an assertion aborts. */
 #include "btrfs_transport.h"
 #include "test_channel.h"
+#include "test_tree.h"
 
 #include "error.h"
 #include "json.h"
@@ -121,15 +122,6 @@ typedef struct {
     guint subvolumes; /* in the whole filesystem at setup */
 } Fixture;
 
-static guint count_open_fds(void)
-{
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    guint n = 0;
-    while (g_dir_read_name(dir) != NULL)
-        n++;
-    return n;
-}
-
 /* Subvolumes of the test filesystem (btrfs's own list, so a stray one anywhere counts). */
 static guint count_subvolumes(void)
 {
@@ -242,19 +234,6 @@ static int stray_processes(void)
 
 /* ---- building and comparing trees ---- */
 
-static char *path_in(const char *dir, const char *relative)
-{
-    return g_build_filename(dir, relative, NULL);
-}
-
-static void write_file(const char *dir, const char *name, const void *data, gsize len)
-{
-    g_autofree char *path = path_in(dir, name);
-    g_autoptr(GError) error = NULL;
-    g_file_set_contents(path, data, (gssize)len, &error);
-    g_assert_no_error(error);
-}
-
 static void write_random(const char *dir, const char *name, gsize len)
 {
     g_autofree char *data = g_malloc(len);
@@ -267,13 +246,6 @@ static void write_random(const char *dir, const char *name, gsize len)
     }
     close(fd);
     write_file(dir, name, data, len);
-}
-
-static void set_mtime(const char *dir, const char *name, time_t sec, long nsec)
-{
-    g_autofree char *path = path_in(dir, name);
-    struct timespec times[2] = {{sec, nsec}, {sec, nsec}};
-    g_assert_no_errno(utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW));
 }
 
 static void make_subvolume(const char *path)
@@ -400,37 +372,6 @@ static void build_tree(const char *src)
         set_mtime(src, order[i], 1600000000 + (time_t)i * 1000, 123456789 + (long)i);
 }
 
-static void collect(const char *root, const char *relative, GPtrArray *out)
-{
-    g_autofree char *path = path_in(root, relative);
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    g_assert_nonnull(dir);
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-        char *child = relative[0] ? g_build_filename(relative, name, NULL) : g_strdup(name);
-        g_ptr_array_add(out, child);
-        g_autofree char *child_path = path_in(root, child);
-        struct stat st;
-        g_assert_no_errno(lstat(child_path, &st));
-        if (S_ISDIR(st.st_mode))
-            collect(root, child, out);
-    }
-}
-
-static gint compare_strings(gconstpointer a, gconstpointer b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static GPtrArray *sorted_tree(const char *root)
-{
-    GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-    g_ptr_array_add(paths, g_strdup(""));
-    collect(root, "", paths);
-    g_ptr_array_sort(paths, compare_strings);
-    return paths;
-}
-
 static char *xattr_dump(const char *path)
 {
     char names[4096];
@@ -449,16 +390,6 @@ static char *xattr_dump(const char *path)
     g_ptr_array_sort(entries, compare_strings);
     g_ptr_array_add(entries, NULL);
     return g_strjoinv(",", (char **)entries->pdata);
-}
-
-static char *content_checksum(const char *path)
-{
-    g_autofree char *data = NULL;
-    gsize len = 0;
-    g_autoptr(GError) error = NULL;
-    g_file_get_contents(path, &data, &len, &error);
-    g_assert_no_error(error);
-    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)data, len);
 }
 
 /* Names, types, modes, owners, sizes, contents, link targets, devices, xattrs, mtimes and link counts. */
@@ -499,14 +430,6 @@ static void assert_same_tree(const char *src, const char *dst)
         g_autofree char *dx = xattr_dump(dp);
         g_assert_cmpstr(sx, ==, dx);
     }
-}
-
-static struct stat stat_of(const char *dir, const char *name)
-{
-    g_autofree char *path = path_in(dir, name);
-    struct stat st;
-    g_assert_no_errno(lstat(path, &st));
-    return st;
 }
 
 static gboolean exists(const char *path)

@@ -4,6 +4,7 @@
 #include "native.h"
 #include "native_protocol.h"
 #include "test_channel.h"
+#include "test_tree.h"
 
 #include "error.h"
 
@@ -35,15 +36,6 @@ typedef struct {
     TestChannel *a, *b; /* a: the sender's end */
     guint open_fds;
 } Fixture;
-
-static guint count_open_fds(void)
-{
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    guint n = 0;
-    while (g_dir_read_name(dir) != NULL)
-        n++;
-    return n;
-}
 
 static void rm_rf(const char *path)
 {
@@ -226,19 +218,6 @@ static FerryByteChannel tap_iface(Tap *tap)
 
 /* ---- building trees ---- */
 
-static char *path_in(const char *dir, const char *relative)
-{
-    return g_build_filename(dir, relative, NULL);
-}
-
-static void write_file(const char *dir, const char *name, const void *data, gsize len)
-{
-    g_autofree char *path = path_in(dir, name);
-    g_autoptr(GError) error = NULL;
-    g_file_set_contents(path, data, (gssize)len, &error);
-    g_assert_no_error(error);
-}
-
 static void fill_random(void *buffer, gsize len)
 {
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -298,27 +277,6 @@ static void remove_xattr(const char *dir, const char *name, const char *key)
 {
     g_autofree char *path = path_in(dir, name);
     g_assert_no_errno(lremovexattr(path, key));
-}
-
-static void own(const char *dir, const char *name, uid_t uid, gid_t gid)
-{
-    g_autofree char *path = path_in(dir, name);
-    g_assert_no_errno(lchown(path, uid, gid));
-}
-
-static void set_mtime(const char *dir, const char *name, time_t sec, long nsec)
-{
-    g_autofree char *path = path_in(dir, name);
-    struct timespec times[2] = {{sec, nsec}, {sec, nsec}};
-    g_assert_no_errno(utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW));
-}
-
-static struct stat stat_of(const char *dir, const char *name)
-{
-    g_autofree char *path = path_in(dir, name);
-    struct stat st;
-    g_assert_no_errno(lstat(path, &st));
-    return st;
 }
 
 static gboolean exists(const char *dir, const char *name)
@@ -388,38 +346,6 @@ static void set_capability(const char *dir, const char *name)
 {
     const guint32 words[5] = {GUINT32_TO_LE(0x02000000 | 0x1), GUINT32_TO_LE(1u << 13), 0, 0, 0};
     set_xattr_bytes(dir, name, "security.capability", words, sizeof words);
-}
-
-static void collect(const char *root, const char *relative, GPtrArray *out)
-{
-    g_autofree char *path = path_in(root, relative);
-    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
-    g_assert_nonnull(dir);
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-        char *child = relative[0] ? g_build_filename(relative, name, NULL) : g_strdup(name);
-        g_ptr_array_add(out, child);
-        g_autofree char *child_path = path_in(root, child);
-        struct stat st;
-        g_assert_no_errno(lstat(child_path, &st));
-        if (S_ISDIR(st.st_mode))
-            collect(root, child, out);
-    }
-}
-
-static gint compare_strings(gconstpointer a, gconstpointer b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Every path under root, "" (root itself) first; a directory sorts before its entries. */
-static GPtrArray *sorted_tree(const char *root)
-{
-    GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
-    g_ptr_array_add(paths, g_strdup(""));
-    collect(root, "", paths);
-    g_ptr_array_sort(paths, compare_strings);
-    return paths;
 }
 
 /* Distinct mtimes with nanoseconds everywhere, entries before their directories (making an entry changes its
