@@ -57,6 +57,31 @@ static ssize_t target_list(XattrTarget *target, char *list, size_t size)
     return target->fd >= 0 ? flistxattr(target->fd, list, size) : llistxattr(target->path, list, size);
 }
 
+/* The entry's attribute names but security.selinux (never carried: a label of the source's policy). NULL
+ * with errno set if they cannot be listed; none where the filesystem has no xattrs. */
+static GPtrArray *target_names(XattrTarget *target)
+{
+    char small[1024];
+    g_autofree char *large = NULL;
+    ssize_t size = target_list(target, small, sizeof small);
+    if (size < 0 && errno == ERANGE) {
+        ssize_t needed = target_list(target, NULL, 0);
+        if (needed > 0) {
+            large = g_malloc((gsize)needed);
+            size = target_list(target, large, (size_t)needed);
+        }
+    }
+    if (size < 0 && errno != ENOTSUP)
+        return NULL;
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    const char *list = large != NULL ? large : small;
+    for (ssize_t at = 0; at < size; at += (ssize_t)strlen(list + at) + 1) {
+        if (strcmp(list + at, "security.selinux") != 0)
+            g_ptr_array_add(names, g_strdup(list + at));
+    }
+    return names;
+}
+
 static ssize_t target_get(XattrTarget *target, const char *key, void *value, size_t size)
 {
     return target->fd >= 0 ? fgetxattr(target->fd, key, value, size) : lgetxattr(target->path, key, value, size);
@@ -84,26 +109,12 @@ static gboolean read_xattrs(int dir_fd, const char *name, const struct stat *st,
     }
     XattrTarget target;
     xattr_target_init(&target, fd, dir_fd, name);
-    char small[1024];
-    g_autofree char *names = NULL;
-    ssize_t size = target_list(&target, small, sizeof small);
-    if (size < 0 && errno == ERANGE) {
-        ssize_t needed = target_list(&target, NULL, 0);
-        if (needed > 0) {
-            names = g_malloc((gsize)needed);
-            size = target_list(&target, names, (size_t)needed);
-        }
-    }
-    gboolean ok = TRUE;
-    if (size < 0 && errno != ENOTSUP) {
+    g_autoptr(GPtrArray) names = target_names(&target);
+    gboolean ok = names != NULL;
+    if (!ok)
         ferry_set_error_errno(error, errno, "Failed to list the extended attributes of \"%s\"", name);
-        ok = FALSE;
-    }
-    const char *list = names != NULL ? names : small;
-    for (ssize_t at = 0; ok && at < size; at += (ssize_t)strlen(list + at) + 1) {
-        const char *key = list + at;
-        if (strcmp(key, "security.selinux") == 0)
-            continue;
+    for (guint i = 0; ok && i < names->len; i++) {
+        const char *key = names->pdata[i];
         ssize_t length = target_get(&target, key, NULL, 0);
         if (length < 0 && errno == ENODATA)
             continue;
@@ -247,22 +258,10 @@ static gboolean has_xattr(const FerryNativeMeta *meta, const char *key)
 static gboolean remove_stale_xattrs(XattrTarget *target, const FerryNativeMeta *meta, const char *name,
                                     GError **error)
 {
-    char small[1024];
-    g_autofree char *names = NULL;
-    ssize_t size = target_list(target, small, sizeof small);
-    if (size < 0 && errno == ERANGE) {
-        ssize_t needed = target_list(target, NULL, 0);
-        if (needed > 0) {
-            names = g_malloc((gsize)needed);
-            size = target_list(target, names, (size_t)needed);
-        }
-    }
-    if (size <= 0)
-        return TRUE;
-    const char *list = names != NULL ? names : small;
-    for (ssize_t at = 0; at < size; at += (ssize_t)strlen(list + at) + 1) {
-        const char *key = list + at;
-        if (strcmp(key, "security.selinux") == 0 || has_xattr(meta, key))
+    g_autoptr(GPtrArray) names = target_names(target);
+    for (guint i = 0; names != NULL && i < names->len; i++) {
+        const char *key = names->pdata[i];
+        if (has_xattr(meta, key))
             continue;
         int r = target->fd >= 0 ? fremovexattr(target->fd, key) : lremovexattr(target->path, key);
         if (r < 0 && errno != ENODATA) {

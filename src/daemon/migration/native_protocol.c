@@ -1,6 +1,7 @@
 #include "native_protocol.h"
 
 #include "error.h"
+#include "tree.h"
 
 #include <string.h>
 
@@ -81,6 +82,20 @@ gboolean ferry_native_check_path(const char *path, gboolean allow_root)
         part = slash != NULL ? slash + 1 : NULL;
     }
     return TRUE;
+}
+
+const char *ferry_native_split_path(const char *relpath, char **parent)
+{
+    const char *slash = strrchr(relpath, '/');
+    *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
+    return slash != NULL ? slash + 1 : relpath;
+}
+
+int ferry_native_open_parent(int root_fd, const char *relpath, const char **name, GError **error)
+{
+    g_autofree char *parent = NULL;
+    *name = ferry_native_split_path(relpath, &parent);
+    return ferry_open_dir_beneath(root_fd, parent, error);
 }
 
 guint32 ferry_native_block_size(guint64 size)

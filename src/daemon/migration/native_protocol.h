@@ -55,6 +55,12 @@ gboolean ferry_native_check_path(const char *path, gboolean allow_root);
  * say so rather than what the abort broke. */
 void ferry_native_fail_pass(FerryByteChannel *channel, GCancellable *cancellable, GError **error);
 
+/* A checked relpath's last component (borrowed from relpath) and its directory's path (newly allocated; "" for
+ * the root). */
+const char *ferry_native_split_path(const char *relpath, char **parent);
+/* relpath's directory opened beneath root_fd without following a symlink, and its last component in *name. */
+int ferry_native_open_parent(int root_fd, const char *relpath, const char **name, GError **error);
+
 /* Block size the receiver uses for a file of this size. */
 guint32 ferry_native_block_size(guint64 size);
 

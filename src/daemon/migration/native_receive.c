@@ -67,9 +67,8 @@ static void forget_parent(Receiver *receiver)
 /* The directory holding relpath (borrowed fd) and relpath's last component. */
 static int parent_of(Receiver *receiver, const char *relpath, const char **name, GError **error)
 {
-    const char *slash = strrchr(relpath, '/');
-    *name = slash != NULL ? slash + 1 : relpath;
-    g_autofree char *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
+    g_autofree char *parent = NULL;
+    *name = ferry_native_split_path(relpath, &parent);
     if (receiver->parent_fd >= 0 && g_strcmp0(parent, receiver->parent_path) == 0)
         return receiver->parent_fd;
     forget_parent(receiver);
@@ -204,10 +203,8 @@ static int open_regular(int dir_fd, const char *name)
 
 static gboolean digest_file(Receiver *receiver, FerryNativeWriter *writer, const char *relpath, GError **error)
 {
-    const char *slash = strrchr(relpath, '/');
-    const char *name = slash != NULL ? slash + 1 : relpath;
-    g_autofree char *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
-    int dir_fd = ferry_open_dir_beneath(receiver->basis_fd, parent, NULL);
+    const char *name = NULL;
+    int dir_fd = ferry_native_open_parent(receiver->basis_fd, relpath, &name, NULL);
     int fd = dir_fd >= 0 ? open_regular(dir_fd, name) : -1;
     if (dir_fd >= 0)
         close(dir_fd);
@@ -477,10 +474,7 @@ static gboolean apply_hardlink(Receiver *receiver, const char *relpath, GError *
         return reader_failed(receiver, error);
     }
     const char *existing_name = NULL;
-    const char *slash = strrchr(existing, '/');
-    existing_name = slash != NULL ? slash + 1 : existing;
-    g_autofree char *existing_dir = slash != NULL ? g_strndup(existing, (gsize)(slash - existing)) : g_strdup("");
-    int from_fd = ferry_open_dir_beneath(receiver->root_fd, existing_dir, error);
+    int from_fd = ferry_native_open_parent(receiver->root_fd, existing, &existing_name, error);
     if (from_fd < 0)
         return FALSE;
     struct stat st;
@@ -569,11 +563,9 @@ static gboolean apply_meta(Receiver *receiver, const char *relpath, const FerryN
 static gboolean apply_delete(Receiver *receiver, const char *relpath, GError **error)
 {
     forget_parent(receiver);
-    const char *slash = strrchr(relpath, '/');
-    const char *name = slash != NULL ? slash + 1 : relpath;
-    g_autofree char *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
+    const char *name = NULL;
     g_autoptr(GError) open_error = NULL;
-    int dir_fd = ferry_open_dir_beneath(receiver->root_fd, parent, &open_error);
+    int dir_fd = ferry_native_open_parent(receiver->root_fd, relpath, &name, &open_error);
     if (dir_fd < 0)
         return TRUE; /* its directory is gone or is no directory any more: so is the entry */
     gboolean ok = ferry_tree_delete(dir_fd, name, error);
@@ -586,8 +578,9 @@ static gboolean apply_record(Receiver *receiver, guint8 kind, GError **error)
     g_autofree char *relpath = NULL;
     if (!ferry_native_get_string(receiver->reader, FERRY_NATIVE_MAX_PATH, &relpath))
         return reader_failed(receiver, error);
+    g_autofree char *parent = NULL;
     if (!ferry_native_check_path(relpath, kind == NATIVE_DIR || kind == NATIVE_META) ||
-        g_str_has_prefix(strrchr(relpath, '/') != NULL ? strrchr(relpath, '/') + 1 : relpath, TEMP_PREFIX)) {
+        g_str_has_prefix(ferry_native_split_path(relpath, &parent), TEMP_PREFIX)) {
         ferry_native_reader_fail(receiver->reader, "the path \"%s\"", relpath);
         return reader_failed(receiver, error);
     }

@@ -112,15 +112,6 @@ static gboolean read_manifest(Sender *sender, FerryByteChannel *channel, GError 
     return ferry_native_reader_end(reader, error);
 }
 
-/* Split relpath into its directory (opened beneath root) and last component. */
-static int open_parent(int root_fd, const char *relpath, const char **name, GError **error)
-{
-    const char *slash = strrchr(relpath, '/');
-    *name = slash != NULL ? slash + 1 : relpath;
-    g_autofree char *parent = slash != NULL ? g_strndup(relpath, (gsize)(slash - relpath)) : g_strdup("");
-    return ferry_open_dir_beneath(root_fd, parent, error);
-}
-
 /* Large regular files both sides have whose size or mtime differ: a block patch may be much less to send. */
 static GPtrArray *find_candidates(Sender *sender)
 {
@@ -133,7 +124,7 @@ static GPtrArray *find_candidates(Sender *sender)
         if (!S_ISREG(theirs->mode) || theirs->size < FERRY_NATIVE_DELTA_MIN)
             continue;
         const char *name = NULL;
-        int parent = open_parent(sender->root_fd, key, &name, NULL);
+        int parent = ferry_native_open_parent(sender->root_fd, key, &name, NULL);
         if (parent < 0)
             continue;
         struct stat st;
