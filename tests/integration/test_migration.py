@@ -235,6 +235,8 @@ def test_killed_source_leaves_target_unchanged(pair):
     # 64 MiB of random bytes make the transfer last long enough to interrupt.
     with open(os.path.join(rootfs(a, "big"), "root", "blob"), "wb") as f:
         f.write(os.urandom(64 << 20))
+    # Slow enough that the kill lands mid-transfer however fast the transport is.
+    a.call("PATCH", "/1.0", {"config": {"migration.bandwidth": "16MiB"}})
     status, src_env = a.api("POST", "/1.0/instances/big", {"migration": True, "live": False})
     op = src_env["metadata"]
     body = target_body(a, "big")
