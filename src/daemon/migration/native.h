@@ -11,7 +11,8 @@
  *                           metadata-only changes, then deletions;
  *   E  receiver -> sender   an empty phase: everything is applied.
  *
- * Each phase is one optional zstd frame ended by a barrier of the channel (docs/protocol/ferry-native.md).
+ * Each phase is a run of blocks, raw or zstd-compressed, ended by a barrier of the channel
+ * (docs/protocol/ferry-native.md).
  *
  * The receiver never writes into an existing file: a changed file is built beside it and renamed over it,
  * and a metadata change to a file with other links goes to a copy. So the receiving directory may share
@@ -24,7 +25,7 @@
 G_BEGIN_DECLS
 
 typedef struct {
-    gboolean zstd; /* compress each phase (negotiated: both sides must agree) */
+    gboolean zstd; /* compress blocks where it pays (negotiated: both sides must agree) */
     /* Sender: entries that vanish during the walk are skipped (a running instance that is not frozen);
      * otherwise a vanishing entry fails the pass. */
     gboolean allow_inconsistent;

@@ -1,6 +1,7 @@
 /* ferry's native migration stream, the byte layer: one direction of one phase of a pass, written as records of
- * little-endian integers and length-prefixed byte strings, optionally as one zstd frame, ended by a barrier of
- * the channel. Both ends of a phase must agree on compression (negotiated in the offer).
+ * little-endian integers and length-prefixed byte strings, carried in blocks of up to 1 MiB — each raw, or a
+ * zstd frame where compressing pays and was agreed in the offer — and ended by a barrier of the channel
+ * (docs/protocol/ferry-native.md, "Blocks"). The reader receives on a thread of its own (read_ahead.h).
  *
  * Errors are sticky: after the first failure every call fails with a copy of it, so record encoders can write
  * several fields and check once. A failure of the channel itself is FERRY_ERROR_UNAVAILABLE (the peer went
@@ -30,7 +31,7 @@ gboolean ferry_native_put_bytes(FerryNativeWriter *writer, const void *data, gsi
 gboolean ferry_native_put_string(FerryNativeWriter *writer, const char *text);
 /* Payload bytes written so far (before compression). */
 guint64 ferry_native_writer_bytes(FerryNativeWriter *writer);
-/* Write out everything, end the zstd frame, then the barrier: the phase is over for this direction. */
+/* Write out everything, then the barrier: the phase is over for this direction. */
 gboolean ferry_native_writer_end(FerryNativeWriter *writer, GError **error);
 /* The sticky error (borrowed), NULL if none. */
 const GError *ferry_native_writer_error(FerryNativeWriter *writer);

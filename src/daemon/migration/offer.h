@@ -24,10 +24,11 @@ void ferry_offer_set_btrfs_features(Migration__MigrationHeader *header, gboolean
 void ferry_offer_set_idmap(Migration__MigrationHeader *header, const char *last_state_idmap_json);
 /* snapshot: a rendered Incus snapshot object (ferry_snapshot_render). */
 void ferry_offer_add_snapshot(Migration__MigrationHeader *header, json_t *snapshot);
-/* ferry's own field: version 1 = rsync keeps hard links; version 2 = ferry's native transport (native.h), with
- * zstd when compress. An Incus peer ignores the field. */
+/* ferry's own field: version 1 = rsync keeps hard links; version 3 = ferry's native transport (native.h), with
+ * blocks compressed where it pays when compress. Version 2 was the native transport with each phase one zstd
+ * frame: a peer offering it gets rsync. An Incus peer ignores the field. */
 #define FERRY_OFFER_VERSION_HARD_LINKS 1
-#define FERRY_OFFER_VERSION_NATIVE 2
+#define FERRY_OFFER_VERSION_NATIVE 3
 void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes, guint32 version,
                            gboolean compress);
 /* The version the peer's header offers or agreed to (0: not ferry). */

@@ -770,7 +770,7 @@ typedef enum {
     AS_IS,
     CUT_HALF,      /* the first half of the phase, then the barrier */
     CUT_AND_ABORT, /* the first half, then the sender is gone (no barrier) */
-    BAD_MAGIC,     /* the first bytes (zstd's frame magic) changed */
+    BAD_MAGIC,     /* the first compressed block's zstd frame magic changed */
     TRAILING,      /* bytes after the phase's end */
 } Mangle;
 
@@ -1337,7 +1337,7 @@ static const Hostile hostile_cases[] = {
     {"truncated-data", NULL, d_truncated_data, FALSE, AS_IS, BAD ": the stream ends in the middle"},
     {"truncated-zstd", NULL, d_valid, TRUE, CUT_HALF, BAD},
     {"corrupt-zstd", NULL, d_valid, TRUE, BAD_MAGIC, BAD ": corrupt compressed data"},
-    {"trailing-zstd", NULL, d_valid, TRUE, TRAILING, BAD ": data after the end of the compressed stream"},
+    {"trailing-zstd", NULL, d_valid, TRUE, TRAILING, BAD ": data after the last record"},
     {"trailing-plain", NULL, d_valid, FALSE, TRAILING, BAD ": data after the last record"},
     {"sender-gone", NULL, d_valid, FALSE, CUT_AND_ABORT, "Failed receiving from the source"},
     {"extent-beyond-size", NULL, d_extent_beyond_size, FALSE, AS_IS,
@@ -1396,8 +1396,11 @@ static void test_hostile(Fixture *f, gconstpointer data)
 
     g_autoptr(GByteArray) candidates = encode_phase(hostile->zstd, hostile->candidates, TRUE, f);
     g_autoptr(GByteArray) changes = encode_phase(hostile->zstd, hostile->changes, FALSE, f);
-    if (hostile->mangle == BAD_MAGIC)
-        changes->data[0] ^= 0xff;
+    if (hostile->mangle == BAD_MAGIC) {
+        /* The phase is one compressed block: a 9-byte header ('z', stored and decoded lengths), then zstd. */
+        g_assert_cmpint(changes->data[0], ==, 'z');
+        changes->data[9] ^= 0xff;
+    }
     if (hostile->mangle == TRAILING)
         g_byte_array_append(changes, (const guint8 *)"trailing", 8);
 
