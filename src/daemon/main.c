@@ -17,6 +17,7 @@
 #include "ferry-config.h"
 #include "lxc_runtime.h"
 #include "rsync.h"
+#include "tls_trust.h"
 
 static GLogLevelFlags max_level = G_LOG_LEVEL_INFO;
 
@@ -157,6 +158,7 @@ int main(int argc, char **argv)
     if (argc > 1 && g_str_equal(argv[1], "waitready"))
         return waitready_main(argc - 1, argv + 1);
 
+    ferry_tls_trust_no_ca();
     g_autofree char *dir = NULL;
     g_autofree char *log_level = NULL;
     gboolean version = FALSE;
