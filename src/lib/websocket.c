@@ -21,7 +21,7 @@
 /* Frame bytes are gathered up to this size before a write; larger unmasked payloads are written directly. */
 #define WRITE_BUFFER_SIZE (256 * 1024)
 /* Relayed messages are forwarded in fragments of at most this size. */
-#define RELAY_FRAGMENT_SIZE (64 * 1024)
+#define RELAY_FRAGMENT_SIZE (256 * 1024)
 /* Reads from and writes to file descriptors, and the binary messages pump_from_fd sends. */
 #define PUMP_BUFFER_SIZE (128 * 1024)
 #define DIAL_TIMEOUT_SECONDS 10
