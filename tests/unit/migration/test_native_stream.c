@@ -60,7 +60,8 @@ static gssize memory_read(gpointer channel, void *buffer, gsize size, GCancellab
         }
     }
     gsize n = MIN(MIN(size, 7001), limit - memory->read_pos);
-    memcpy(buffer, memory->bytes->data + memory->read_pos, n);
+    if (n > 0) /* an empty array has no data pointer at all */
+        memcpy(buffer, memory->bytes->data + memory->read_pos, n);
     memory->read_pos += n;
     return (gssize)n;
 }
