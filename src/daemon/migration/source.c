@@ -244,6 +244,14 @@ static gboolean source_transfer(FerryOperation *op, SourceTask *task, FerryContr
     options.rsync.allow_inconsistent = task->allow_inconsistent;
     options.rsync.helper_binary = daemon->helper_binary;
     guint32 agreed_version = ferry_offer_ferry_version(response);
+    /* A ferry target from before version 3 answers a native offer with its own version 2, whose stream (one
+     * zstd frame per phase) this server no longer speaks: say so before any data moves. */
+    if (native_allowed && agreed_version == FERRY_OFFER_VERSION_NATIVE - 1) {
+        g_set_error_literal(error, FERRY_ERROR, FERRY_ERROR_INVALID,
+                            "The target runs an older ferry whose native transport (version 2) this server no "
+                            "longer speaks: upgrade it, or set migration.transport=rsync on either server");
+        return FALSE;
+    }
     options.rsync.hard_links = agreed_version >= FERRY_OFFER_VERSION_HARD_LINKS;
     options.rsync.bwlimit_bytes_per_sec = ferry_migration_bandwidth_limit(daemon, pool);
     options.native = native_allowed && agreed_version >= FERRY_OFFER_VERSION_NATIVE;
