@@ -26,7 +26,8 @@ void ferry_offer_set_idmap(Migration__MigrationHeader *header, const char *last_
 void ferry_offer_add_snapshot(Migration__MigrationHeader *header, json_t *snapshot);
 /* ferry's own field: version 1 = rsync keeps hard links; version 3 = ferry's native transport (native.h), with
  * blocks compressed where it pays when compress. Version 2 was the native transport with each phase one zstd
- * frame: a peer offering it gets rsync. An Incus peer ignores the field. */
+ * frame: a source offering it gets rsync, a target answering with it an error (source.c). An Incus peer
+ * ignores the field. */
 #define FERRY_OFFER_VERSION_HARD_LINKS 1
 #define FERRY_OFFER_VERSION_NATIVE 3
 void ferry_offer_set_ferry(Migration__MigrationHeader *header, guint64 total_bytes, guint32 version,
