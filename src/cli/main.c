@@ -2,7 +2,6 @@
 #include "cli.h"
 
 #include "error.h"
-#include "tls_trust.h"
 
 #include <ferry-config.h>
 #include <locale.h>
@@ -86,7 +85,6 @@ int main(int argc, char **argv)
 {
     setlocale(LC_ALL, "");
 
-    ferry_tls_trust_no_ca();
     Cli cli = {0};
     cli.path = g_string_new("ferry");
     cli.command = &root_command;

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "json.h"
 #include "tls_cert.h"
+#include "tls_trust.h"
 
 #include <ferry-config.h>
 #include <gio/gunixsocketaddress.h>
@@ -74,6 +75,7 @@ FerryClient *ferry_client_new_https(const char *url, GTlsCertificate *client_cer
     g_autofree char *base = port > 0 ? g_strdup_printf("https://%s:%d", host_part, port)
                                      : g_strdup_printf("https://%s", host_part);
 
+    ferry_tls_trust_no_ca();
     FerryClient *client = client_new(base, base, NULL);
     if (client_cert != NULL)
         client->client_cert = g_object_ref(client_cert);

@@ -50,9 +50,13 @@ static void ferry_no_ca_database_init(FerryNoCaDatabase *database)
 
 void ferry_tls_trust_no_ca(void)
 {
-    GTlsBackend *backend = g_tls_backend_get_default();
-    if (!g_tls_backend_supports_tls(backend))
+    static gsize done = 0;
+    if (!g_once_init_enter(&done))
         return;
-    g_autoptr(GTlsDatabase) database = g_object_new(ferry_no_ca_database_get_type(), NULL);
-    g_tls_backend_set_default_database(backend, database);
+    GTlsBackend *backend = g_tls_backend_get_default();
+    if (g_tls_backend_supports_tls(backend)) {
+        g_autoptr(GTlsDatabase) database = g_object_new(ferry_no_ca_database_get_type(), NULL);
+        g_tls_backend_set_default_database(backend, database);
+    }
+    g_once_init_leave(&done, 1);
 }

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "json.h"
 #include "tls_cert.h"
+#include "tls_trust.h"
 #include "ws_frame.h"
 
 #include <errno.h>
@@ -1301,6 +1302,7 @@ FerryWebsocket *ferry_websocket_dial(const char *url, const char *server_cert_pe
                                      GTlsCertificate *client_cert, GCancellable *cancellable, GError **error)
 {
     g_return_val_if_fail(url != NULL, NULL);
+    ferry_tls_trust_no_ca();
 
     g_autoptr(GError) local_error = NULL;
     g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_ENCODED | G_URI_FLAGS_SCHEME_NORMALIZE, &local_error);
